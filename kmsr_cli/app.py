@@ -1,0 +1,93 @@
+"""The ``kmsr`` command: a Typer app whose commands live one per module in ``kmsr_cli.commands``.
+
+Conventions (ARCHITECTURE.md): data on stdout, logs and progress on stderr; exit code 0 on
+success, 2 on a usage error, 1 on a failure the message explains. User errors print one line
+(and a hint); ``--debug`` (or KMSR_DEBUG=1) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from . import __version__
+from .console import err, setup_logging
+
+app = typer.Typer(
+    name="kmsr",
+    help=(
+        "Kernel Modeling Super-Resolution: estimate real blur kernels from photos, model them with a GAN, "
+        "train SR networks on pool-blurred pairs, super-resolve, and benchmark.\n\n"
+        "Data goes to stdout, progress and logs to stderr. Exit codes: 0 success, 1 failure (explained), 2 usage error."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"kmsr {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Verbose logs, and full tracebacks instead of one-line errors.", envvar="KMSR_DEBUG")
+    ] = False,
+) -> None:
+    setup_logging(debug)
+    if debug:
+        os.environ["KMSR_DEBUG"] = "1"
+
+
+def _register_commands() -> None:
+    from .commands import plugins_cmd, pool_cmd
+
+    app.command("plugins")(plugins_cmd.plugins)
+    app.add_typer(pool_cmd.app, name="pool")
+
+
+_register_commands()
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from kmsr_ops.errors import KmsrInputError
+
+    from .errors import CliError
+
+    return (CliError, KmsrInputError, FileNotFoundError, PermissionError, IsADirectoryError)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("KMSR_DEBUG", "") not in ("", "0")
+    try:
+        app(args=args, prog_name="kmsr")
+    except _user_error_types() as exc:
+        if debug:
+            raise
+        hint = getattr(exc, "hint", None)
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        if hint:
+            err.print(f"[dim]try:[/] {hint}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,88 @@
+"""The kmsr plugin hooks: the one place that says what a plugin can provide.
+
+A plugin is a module (or object) with functions marked ``@hookimpl`` whose names are the hook
+names below. It is found through the ``kmsr`` entry-point group, exactly like the built-in
+plugins under ``plugins/``::
+
+    [project.entry-points.kmsr]
+    my_plugin = "my_package.kmsr_plugin"
+
+Each hook receives a ``register`` callback and calls it once per backend it provides::
+
+    from kmsr_cli.hookspecs import hookimpl
+
+    @hookimpl
+    def kmsr_register_generators(register):
+        register("box", BoxGenerator, description="uniform box kernels")
+
+``register(name, factory, *, description="", available=None, **info)``:
+
+- ``factory(**options)`` builds the backend; what it must return depends on the hook.
+- ``available`` is an optional zero-argument callable returning ``True``/``False``, or a
+  ``(ok, reason)`` pair, or an object with ``ok`` and ``reason``; ``kmsr plugins`` shows
+  the reason when a backend cannot run here (e.g. no CUDA device).
+- ``info`` is free-form metadata shown by ``kmsr plugins --json`` (it must be JSON-friendly).
+
+This module is imported by every plugin, so it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "kmsr"
+ENTRY_POINT_GROUP = "kmsr"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def kmsr_register_estimators(register):
+    """Register blur-kernel estimators (stage 1: kernels from photos).
+
+    The factory returns an object with
+    ``estimate(patch: np.ndarray (H, W) float in [0, 1], kernel_size: int, rng) -> np.ndarray (K, K)``.
+
+    :param register: ``register(name, factory, *, description="", available=None, **info)``.
+    """
+
+
+@hookspec
+def kmsr_register_generators(register):
+    """Register kernel generators (synthetic families, or learnt ones such as a kernel GAN).
+
+    The factory returns an object with
+    ``sample(n: int, *, size: int, rng: np.random.Generator) -> np.ndarray (n, size, size)``
+    whose kernels are finite, non-negative and sum to 1.
+
+    :param register: ``register(name, factory, *, description="", available=None, **info)``.
+    """
+
+
+@hookspec
+def kmsr_register_backbones(register):
+    """Register super-resolution backbones (stage 3 networks).
+
+    ``info`` must say how the backbone is fed: ``input`` (``"upsampled"``, the bicubic-upscaled
+    image, or ``"lr"``), ``channels`` (``"rgb"`` or ``"y"``) and ``scales`` (a list of ints).
+    The factory returns a ``torch.nn.Module``.
+
+    :param register: ``register(name, factory, *, description="", available=None, **info)``.
+    """
+
+
+@hookspec
+def kmsr_register_degradations(register):
+    """Register training degradations (how an HR batch becomes a network input).
+
+    :param register: ``register(name, factory, *, description="", available=None, **info)``.
+    """
+
+
+HOOK_KINDS = {
+    "estimators": "kmsr_register_estimators",
+    "generators": "kmsr_register_generators",
+    "backbones": "kmsr_register_backbones",
+    "degradations": "kmsr_register_degradations",
+}
