@@ -79,10 +79,13 @@ def main(argv: list[str] | None = None) -> None:
     except _user_error_types() as exc:
         if debug:
             raise
+        from rich.markup import escape
+
         hint = getattr(exc, "hint", None)
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # Messages quote paths and user values: print them verbatim, never as rich markup.
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         if hint:
-            err.print(f"[dim]try:[/] {hint}", highlight=False, soft_wrap=True)
+            err.print(f"[dim]try:[/] {escape(str(hint))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

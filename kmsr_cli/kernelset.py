@@ -100,7 +100,12 @@ class Provenance:
 
 def _atomic_target(path: Path) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600; a kernel set is meant to be shared like any file the user writes.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
 
 
 def write_kernel_set(
@@ -200,6 +205,8 @@ class KernelSet:
             ds = f["kernels"]
             if ds.ndim != 3 or ds.shape[1] != ds.shape[2]:
                 raise self._fail(f"/kernels must be (N, K, K), found shape {ds.shape}")
+            if ds.shape[1] % 2 == 0:  # write_kernel_set only writes odd sizes; kernels are centred on a pixel
+                raise self._fail(f"kernel size {ds.shape[1]} is even, expected an odd size (K, K)")
             if require_nonempty and ds.shape[0] == 0:
                 raise self._fail("holds no kernels")
             attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}

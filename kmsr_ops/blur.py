@@ -31,15 +31,16 @@ import os
 
 import numpy as np
 
-from .backend import get_array_module, get_cupy, is_cupy_array, is_torch_tensor, numba_cache_ok
+from .backend import get_array_module, is_cupy_array, is_torch_tensor, numba_cache_ok
 from .errors import KmsrInputError
 
 BOUNDARIES = ("reflect", "replicate", "zero")
-METHODS = ("auto", "fft", "direct", "reference")
+METHODS = ("auto", "fft", "direct", "conv", "reference")
 
-# Below this many kernel taps the direct loop beats the FFT on a 2-core CPU for typical
-# training patches; measured by benchmarks/blur.py --crossover (the note in the README).
-DIRECT_MAX_TAPS = 49
+# Largest kernel size for which a direct method beats the batched FFT on a 2-core CPU,
+# measured by benchmarks/blur.py --crossover (figures in benchmarks/results/blur.md).
+CONV_MAX_K = 11  # torch grouped convolution (oneDNN), float32
+DIRECT_MAX_K = 9  # Numba direct loop, float64 or no torch
 
 _SUM_ATOL = 1e-3
 
@@ -66,6 +67,8 @@ def _validate(images, kernels, boundary: str, check_sum: bool) -> None:
 
         if not torch.is_floating_point(images):
             raise KmsrInputError(f"images: expected a floating-point tensor, found {images.dtype}")
+        if images.device.type == "cpu" and images.dtype not in (torch.float32, torch.float64):
+            raise KmsrInputError(f"images: expected float32 or float64 on the CPU, found {images.dtype}")
         if not torch.is_floating_point(kernels):
             raise KmsrInputError(f"kernels: expected a floating-point tensor, found {kernels.dtype}")
         bad_img = not bool(torch.isfinite(images).all())
@@ -73,8 +76,8 @@ def _validate(images, kernels, boundary: str, check_sum: bool) -> None:
         sums = kernels.detach().sum(dim=(1, 2)).double().cpu().numpy() if not bad_k else None
     else:
         xp = get_array_module(images)
-        if images.dtype.kind != "f":
-            raise KmsrInputError(f"images: expected a floating-point array, found {images.dtype}")
+        if images.dtype not in (np.float32, np.float64):
+            raise KmsrInputError(f"images: expected a floating-point array (float32 or float64), found {images.dtype}")
         if kernels.dtype.kind != "f":
             raise KmsrInputError(f"kernels: expected a floating-point array, found {kernels.dtype}")
         bad_img = not bool(xp.isfinite(images).all())
@@ -194,11 +197,13 @@ def _get_pad_into_kernel():
     if _pad_into_kernel is None:
         import numba
 
-        @numba.njit(parallel=True, cache=numba_cache_ok(__file__))
+        # Serial on purpose: the copy is memory-bound, and a parallel Numba region leaves
+        # OpenMP threads spinning that then slow down the FFT's own worker threads by 2x.
+        @numba.njit(parallel=False, cache=numba_cache_ok(__file__))
         def _pad_into(images, rows, cols, buf):
             nb, nc = images.shape[0], images.shape[1]
             hp, wp = rows.shape[0], cols.shape[0]
-            for t in numba.prange(nb * nc * hp):
+            for t in range(nb * nc * hp):
                 b = t // (nc * hp)
                 c = (t // hp) % nc
                 r = t % hp
@@ -216,6 +221,19 @@ def _get_pad_into_kernel():
     return _pad_into_kernel
 
 
+# Images per FFT chunk on the CPU: keep each chunk's buffers around a megabyte or two, so
+# they stay in cache and are recycled by the allocator instead of page-faulted in afresh;
+# on a 2-core machine this is 1.7x faster than one big batched transform.
+_CPU_CHUNK_BYTES = 3 << 19
+
+
+def _kernel_spectrum(fft, kernels, shape, kw):
+    # The kernel fills a corner of the FFT frame: transform its K rows along x first, then
+    # zero-pad along y, which costs K/L of a full 2-D transform's first pass.
+    spec = fft.rfft(kernels, n=shape[1], axis=-1, **kw)
+    return fft.fft(spec, n=shape[0], axis=-2, **kw)
+
+
 def _blur_fft_xp(images, kernels, boundary: str):
     xp = get_array_module(images)
     fft, kw = _fft_module(xp)
@@ -225,20 +243,31 @@ def _blur_fft_xp(images, kernels, boundary: str):
     hp, wp = h + b_ + a_, w + b_ + a_
     # Circular convolution of length >= the padded size has no wrap-around on the valid part.
     shape = (fft_size(hp), fft_size(wp))
-    if xp is np:
-        # Pad straight into the zeroed FFT-sized buffer, so the FFT needs no copy of its own.
-        buf = np.zeros((bsz, nch) + shape, dtype=images.dtype)
-        rows = pad_indices(h, b_, a_, boundary)
-        cols = pad_indices(w, b_, a_, boundary)
-        _get_pad_into_kernel()(np.ascontiguousarray(images), rows, cols, buf)
-        fi = fft.rfft2(buf, axes=(-2, -1), overwrite_x=True, **kw)
-    else:
+    fk = _kernel_spectrum(fft, kernels.astype(images.dtype, copy=False), shape, kw)
+    if xp is not np:
         fi = fft.rfft2(pad_images(images, k, boundary), s=shape, axes=(-2, -1), **kw)
-    fk = fft.rfft2(kernels.astype(images.dtype, copy=False), s=shape, axes=(-2, -1), **kw)
-    fi *= fk[:, None]
-    full = fft.irfft2(fi, s=shape, axes=(-2, -1), overwrite_x=True, **kw)
-    out = full[..., k - 1 : k - 1 + h, k - 1 : k - 1 + w]
-    return xp.ascontiguousarray(out, dtype=images.dtype)
+        fi *= fk[:, None]
+        full = fft.irfft2(fi, s=shape, axes=(-2, -1), **kw)
+        return xp.ascontiguousarray(full[..., k - 1 : k - 1 + h, k - 1 : k - 1 + w], dtype=images.dtype)
+
+    images = np.ascontiguousarray(images)
+    rows = pad_indices(h, b_, a_, boundary)
+    cols = pad_indices(w, b_, a_, boundary)
+    per_sample = nch * shape[0] * shape[1] * images.dtype.itemsize
+    chunk = int(max(1, min(bsz, _CPU_CHUNK_BYTES // per_sample)))
+    buf = np.zeros((chunk, nch) + shape, dtype=images.dtype)
+    out = np.empty(images.shape, dtype=images.dtype)
+    pad_into = _get_pad_into_kernel()
+    for s0 in range(0, bsz, chunk):
+        s1 = min(bsz, s0 + chunk)
+        part = buf[: s1 - s0]
+        # Pad straight into the FFT-sized buffer (its zero margin is never written).
+        pad_into(images[s0:s1], rows, cols, part)
+        fi = fft.rfft2(part, axes=(-2, -1), **kw)
+        fi *= fk[s0:s1, None]
+        full = fft.irfft2(fi, s=shape, axes=(-2, -1), overwrite_x=True, **kw)
+        out[s0:s1] = full[..., k - 1 : k - 1 + h, k - 1 : k - 1 + w]
+    return out
 
 
 # --------------------------------------------------------------------------- direct (Numba)
@@ -297,10 +326,39 @@ def _blur_torch_fft(images, kernels, boundary: str):
     return full[..., k - 1 : k - 1 + h, k - 1 : k - 1 + w].contiguous()
 
 
+def _blur_torch_conv(images, kernels, boundary: str):
+    """One grouped convolution over the whole batch (oneDNN on CPU, cuDNN on GPU)."""
+    import torch
+
+    b, c, h, w = images.shape
+    k = kernels.shape[-1]
+    padded = pad_images(images, k, boundary).reshape(1, b * c, h + k - 1, w + k - 1)
+    # conv2d correlates: flip the kernels for a true convolution; one filter per (sample, channel).
+    weight = kernels.to(images.dtype).flip(-1, -2).repeat_interleave(c, dim=0).unsqueeze(1)
+    return torch.nn.functional.conv2d(padded, weight, groups=b * c).reshape(b, c, h, w)
+
+
 # --------------------------------------------------------------------------- dispatch
-def choose_method(kernel_size: int) -> str:
-    """The CPU path ``auto`` picks for a kernel size."""
-    return "direct" if kernel_size * kernel_size <= DIRECT_MAX_TAPS else "fft"
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_method(kernel_size: int, dtype=np.float32, *, torch_ok: bool | None = None) -> str:
+    """The CPU path ``auto`` picks, from the crossovers measured by ``benchmarks/blur.py --crossover``.
+
+    float32 with torch installed: oneDNN's grouped convolution for small kernels, the batched
+    FFT for large ones. float64, or no torch: the Numba direct loop for small kernels (oneDNN
+    has no fast float64 convolution), the FFT for large ones.
+    """
+    if torch_ok is None:
+        torch_ok = _torch_available()
+    if np.dtype(dtype) == np.float32 and torch_ok:
+        return "conv" if kernel_size <= CONV_MAX_K else "fft"
+    return "direct" if kernel_size <= DIRECT_MAX_K else "fft"
 
 
 def blur(images, kernels, boundary: str = "reflect", *, method: str = "auto", check_sum: bool = True):
@@ -309,7 +367,8 @@ def blur(images, kernels, boundary: str = "reflect", *, method: str = "auto", ch
     :param images: (B, C, H, W) float32/float64 NumPy array, CuPy array or torch tensor.
     :param kernels: (B, K, K) of the same kind; each should sum to 1 (``check_sum``).
     :param boundary: ``reflect`` (default), ``replicate`` or ``zero``.
-    :param method: ``auto``, ``fft``, ``direct`` (CPU Numba) or ``reference`` (SciPy, float64).
+    :param method: ``auto``; ``fft`` (batched FFT); ``direct`` (Numba, NumPy only); ``conv``
+        (torch grouped convolution); ``reference`` (SciPy, float64, NumPy only).
     :returns: blurred images, same shape, dtype and backend as ``images``.
     """
     if method not in METHODS:
@@ -336,30 +395,32 @@ def blur(images, kernels, boundary: str = "reflect", *, method: str = "auto", ch
             )
             return torch.from_numpy(out)
         if method in ("direct", "reference"):
-            raise KmsrInputError(f"method: {method!r} runs on NumPy arrays only; use 'fft' or 'auto' for this tensor")
+            raise KmsrInputError(f"method: {method!r} runs on NumPy arrays only; use fft, conv or auto for this tensor")
+        if method == "conv" or (method == "auto" and kernels.shape[-1] <= CONV_MAX_K):
+            return _blur_torch_conv(images, kernels, boundary)
         return _blur_torch_fft(images, kernels, boundary)
 
     if is_cupy_array(images):
-        if method in ("direct", "reference"):
-            raise KmsrInputError(f"method: {method!r} runs on NumPy arrays only; use 'fft' or 'auto' for CuPy arrays")
+        if method in ("direct", "reference", "conv"):
+            raise KmsrInputError(f"method: {method!r} does not run on CuPy arrays; use fft or auto")
         return _blur_fft_xp(images, kernels, boundary)
 
     images = np.asarray(images)
     kernels = np.asarray(kernels)
     if method == "auto":
-        method = choose_method(kernels.shape[-1])
+        method = choose_method(kernels.shape[-1], images.dtype)
     if method == "reference":
         return blur_reference(images, kernels, boundary)
     if method == "direct":
         return _blur_direct_numpy(images, kernels, boundary)
+    if method == "conv":
+        import torch
+
+        with torch.no_grad():
+            out = _blur_torch_conv(torch.from_numpy(np.ascontiguousarray(images)),
+                                   torch.from_numpy(np.ascontiguousarray(kernels)), boundary)
+        return out.numpy()
     return _blur_fft_xp(images, kernels, boundary)
-
-
-def to_device_array(x: np.ndarray, like):
-    """Move a NumPy array to the backend of ``like`` (used by tests and callers mixing backends)."""
-    if is_cupy_array(like):
-        return get_cupy().asarray(x)
-    return x
 
 
 __all__ = [

@@ -50,7 +50,7 @@ def _oracle(x, ks, boundary):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("boundary", BOUNDARIES)
-@pytest.mark.parametrize("method", ["reference", "fft", "direct", "auto"])
+@pytest.mark.parametrize("method", ["reference", "fft", "direct", "conv", "auto"])
 def test_numpy_paths_match_convolve2d(shape, boundary, method):
     x, ks = _data(shape, np.float32)
     got = blur(x, ks, boundary, method=method)
@@ -58,7 +58,7 @@ def test_numpy_paths_match_convolve2d(shape, boundary, method):
     np.testing.assert_allclose(got, _oracle(x, ks, boundary), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["fft", "direct"])
+@pytest.mark.parametrize("method", ["fft", "direct", "conv"])
 def test_float64_is_exact(method):
     x, ks = _data((2, 3, 19, 23, 7), np.float64)
     got = blur(x, ks, method=method)
@@ -93,8 +93,10 @@ def test_reference_keeps_dtype():
 
 
 def test_choose_method_prefers_fft_for_big_kernels():
-    assert choose_method(25) == "fft"
-    assert choose_method(3) == "direct"
+    assert choose_method(25, np.float32) == "fft"
+    assert choose_method(3, np.float32, torch_ok=True) == "conv"
+    assert choose_method(3, np.float64) == "direct"
+    assert choose_method(3, np.float32, torch_ok=False) == "direct"
 
 
 # ----------------------------------------------------------------------------- torch
@@ -111,11 +113,12 @@ def test_torch_cpu_matches(shape, boundary):
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
-def test_torch_fft_path_with_autograd(boundary):
-    # Tensors that need gradients stay in torch (torch.fft) so the blur is differentiable.
+@pytest.mark.parametrize("method", ["fft", "conv", "auto"])
+def test_torch_paths_with_autograd(boundary, method):
+    # Tensors that need gradients stay in torch (torch.fft or conv2d) so the blur is differentiable.
     x, ks = _data((2, 3, 18, 13, 6), np.float32)
     xt = torch.from_numpy(x).requires_grad_(True)
-    got = blur(xt, torch.from_numpy(ks), boundary)
+    got = blur(xt, torch.from_numpy(ks), boundary, method=method)
     np.testing.assert_allclose(got.detach().numpy(), _oracle(x, ks, boundary), rtol=0, atol=1e-5)
     got.sum().backward()
     # Each input pixel's gradient is the total kernel weight that reaches it; for the interior

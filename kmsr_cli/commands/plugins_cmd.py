@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from ..console import emit_json, err
@@ -29,16 +30,19 @@ def plugins(json: JsonOpt = False) -> None:
     for col in ("name", "module", "distribution", "status"):
         t.add_column(col)
     for p in doc["plugins"]:
-        t.add_row(p["name"], p["module"], f"{p['distribution'] or '-'} {p['version'] or ''}", "ok" if p["ok"] else f"[red]{p['error']}")
+        # Plugin-supplied text is shown verbatim (escaped), not read as rich markup.
+        t.add_row(escape(p["name"]), escape(p["module"]), escape(f"{p['distribution'] or '-'} {p['version'] or ''}"),
+                  "ok" if p["ok"] else f"[red]{escape(str(p['error']))}")
     out.print(t)
     for kind in ("estimators", "generators", "backbones", "degradations"):
         t = Table(title=kind, title_justify="left")
         for col in ("name", "plugin", "usable", "description"):
             t.add_column(col)
         for b in doc[kind]:
-            t.add_row(b["name"], b["plugin"], "yes" if b["usable"] else f"[red]no: {b['reason']}", b["description"])
+            t.add_row(escape(b["name"]), escape(b["plugin"]), "yes" if b["usable"] else f"[red]no: {escape(b['reason'])}",
+                      escape(b["description"]))
         if not doc[kind]:
             t.add_row("[dim](none installed)", "", "", "")
         out.print(t)
     for e in host.errors:
-        err.print(f"[yellow]warning:[/] {e}", highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(e)}", highlight=False)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json as jsonlib
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..console import emit_json, err, make_progress
@@ -18,6 +20,12 @@ app = typer.Typer(
     help="Kernel pools: synthesise, merge and inspect HDF5 kernel sets.",
     no_args_is_help=True,
 )
+
+
+def _print_path(path: Path) -> None:
+    """The written file on stdout, verbatim on one line (no markup, no wrapping) for pipelines."""
+    sys.stdout.write(f"{path}\n")
+    sys.stdout.flush()
 
 
 @app.command("synth")
@@ -66,8 +74,8 @@ def synth(
     if json:
         emit_json({"path": str(path), "count": n, "family": family, "kernel_size": size, "scale": scale, "seed": seed})
     else:
-        err.print(f"wrote {n} {family} kernels ({size}x{size}, x{scale}) to {path}")
-        Console().print(str(path), highlight=False)
+        err.print(escape(f"wrote {n} {family} kernels ({size}x{size}, x{scale}) to {path}"))
+        _print_path(path)
 
 
 @app.command("merge")
@@ -87,8 +95,8 @@ def merge(
     if json:
         emit_json({"path": str(path), "count": count, "inputs": [str(p) for p in sets]})
     else:
-        err.print(f"merged {len(sets)} sets into {path} ({count} kernels)")
-        Console().print(str(path), highlight=False)
+        err.print(escape(f"merged {len(sets)} sets into {path} ({count} kernels)"))
+        _print_path(path)
 
 
 @app.command("show")
@@ -109,15 +117,15 @@ def show(
         emit_json(doc)
         return
     out = Console()
-    out.print(f"[bold]{doc['path']}[/]  {doc['count']} kernels, {doc['kernel_size']}x{doc['kernel_size']}, x{doc['scale']}")
-    out.print(f"created {doc['created_at']} by {doc['created_by']}  {doc['description']}", highlight=False)
+    out.print(f"[bold]{escape(doc['path'])}[/]  {doc['count']} kernels, {doc['kernel_size']}x{doc['kernel_size']}, x{doc['scale']}")
+    out.print(escape(f"created {doc['created_at']} by {doc['created_by']}  {doc['description']}"), highlight=False)
     t = Table(title="origin / method", title_justify="left")
     t.add_column("origin")
     t.add_column("count", justify="right")
     for k, v in sorted(doc["by_origin"].items()):
-        t.add_row(k, str(v))
+        t.add_row(escape(k), str(v))
     for k, v in sorted(doc["by_method"].items()):
-        t.add_row(f"[dim]method[/] {k}", str(v))
+        t.add_row(f"[dim]method[/] {escape(k)}", str(v))
     out.print(t)
     t = Table(title="kernel statistics", title_justify="left")
     for col in ("statistic", "mean", "std", "min", "median", "max"):
