@@ -37,10 +37,12 @@ from .errors import KmsrInputError
 BOUNDARIES = ("reflect", "replicate", "zero")
 METHODS = ("auto", "fft", "direct", "conv", "reference")
 
-# Largest kernel size for which a direct method beats the batched FFT on a 2-core CPU,
-# measured by benchmarks/blur.py --crossover (figures in benchmarks/results/blur.md).
-CONV_MAX_K = 11  # torch grouped convolution (oneDNN), float32
-DIRECT_MAX_K = 9  # Numba direct loop, float64 or no torch
+# Crossovers measured by `benchmarks/blur.py --crossover` on a 2-core x86 CPU (B=16, C=3,
+# 64-256 px; table in benchmarks/results/blur.md): the Numba loop wins for small kernels in
+# both precisions, oneDNN's grouped convolution for mid-sized float32 kernels, and the batched
+# FFT from K = 15 (float32) or K = 13 (float64) on. oneDNN has no fast float64 path.
+DIRECT_MAX_K = {np.dtype(np.float32): 9, np.dtype(np.float64): 11}
+CONV_MAX_K = 13  # torch grouped convolution, float32
 
 _SUM_ATOL = 1e-3
 
@@ -348,17 +350,15 @@ def _torch_available() -> bool:
 
 
 def choose_method(kernel_size: int, dtype=np.float32, *, torch_ok: bool | None = None) -> str:
-    """The CPU path ``auto`` picks, from the crossovers measured by ``benchmarks/blur.py --crossover``.
-
-    float32 with torch installed: oneDNN's grouped convolution for small kernels, the batched
-    FFT for large ones. float64, or no torch: the Numba direct loop for small kernels (oneDNN
-    has no fast float64 convolution), the FFT for large ones.
-    """
+    """The CPU path ``auto`` picks for a kernel size and dtype (see the crossover note above)."""
     if torch_ok is None:
         torch_ok = _torch_available()
-    if np.dtype(dtype) == np.float32 and torch_ok:
-        return "conv" if kernel_size <= CONV_MAX_K else "fft"
-    return "direct" if kernel_size <= DIRECT_MAX_K else "fft"
+    dtype = np.dtype(dtype)
+    if kernel_size <= DIRECT_MAX_K.get(dtype, 9):
+        return "direct"
+    if dtype == np.float32 and torch_ok and kernel_size <= CONV_MAX_K:
+        return "conv"
+    return "fft"
 
 
 def blur(images, kernels, boundary: str = "reflect", *, method: str = "auto", check_sum: bool = True):
@@ -396,6 +396,7 @@ def blur(images, kernels, boundary: str = "reflect", *, method: str = "auto", ch
             return torch.from_numpy(out)
         if method in ("direct", "reference"):
             raise KmsrInputError(f"method: {method!r} runs on NumPy arrays only; use fft, conv or auto for this tensor")
+        # On the GPU, cuDNN's grouped convolution is quick for small kernels, FFT for large ones.
         if method == "conv" or (method == "auto" and kernels.shape[-1] <= CONV_MAX_K):
             return _blur_torch_conv(images, kernels, boundary)
         return _blur_torch_fft(images, kernels, boundary)

@@ -94,9 +94,11 @@ def test_reference_keeps_dtype():
 
 def test_choose_method_prefers_fft_for_big_kernels():
     assert choose_method(25, np.float32) == "fft"
-    assert choose_method(3, np.float32, torch_ok=True) == "conv"
-    assert choose_method(3, np.float64) == "direct"
-    assert choose_method(3, np.float32, torch_ok=False) == "direct"
+    assert choose_method(25, np.float64) == "fft"
+    assert choose_method(3, np.float32) == "direct"
+    assert choose_method(11, np.float32, torch_ok=True) == "conv"
+    assert choose_method(11, np.float32, torch_ok=False) == "fft"
+    assert choose_method(11, np.float64) == "direct"
 
 
 # ----------------------------------------------------------------------------- torch
