@@ -26,7 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -53,9 +53,10 @@ def root(
 
 
 def _register_commands() -> None:
-    from .commands import plugins_cmd, pool_cmd
+    from .commands import estimate_cmd, plugins_cmd, pool_cmd
 
     app.command("plugins")(plugins_cmd.plugins)
+    app.command("estimate")(estimate_cmd.estimate)
     app.add_typer(pool_cmd.app, name="pool")
 
 

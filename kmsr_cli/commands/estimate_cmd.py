@@ -1,0 +1,123 @@
+"""``kmsr estimate``: blur kernels from real photos (stage 1 of KMSR)."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import TextColumn
+
+from ..console import emit_json, err, make_progress
+from ..options import DeviceOpt, JsonOpt, SeedOpt
+
+
+def _parse_options(items: list[str] | None) -> dict:
+    options = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"expected KEY=VALUE, found {item!r}", param_hint="--option")
+        key, value = item.split("=", 1)
+        try:
+            options[key.strip()] = jsonlib.loads(value)
+        except jsonlib.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def estimate(
+    photos: Annotated[list[str], typer.Argument(help="Photos: files, folders (searched recursively), globs, or - for paths on stdin.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Kernel set to write (.h5). Rerunning the same command resumes.")],
+    scale: Annotated[int, typer.Option("--scale", help="SR scale: photos are bicubic-upscaled by it first (1 = the photo's own blur).", min=1)] = 2,
+    patch: Annotated[int, typer.Option("--patch", help="Patch side in upscaled pixels (smaller photos use the largest square that fits, down to 128).")] = 512,
+    per_image: Annotated[int, typer.Option("--per-image", help="Kernels per photo at most.", min=1)] = 5,
+    kernel_size: Annotated[int, typer.Option("--kernel-size", help="Kernel size K (odd).")] = 25,
+    estimator: Annotated[str, typer.Option("--estimator", help="Estimator plugin (see `kmsr plugins`).")] = "dark-channel",
+    criterion: Annotated[
+        str,
+        typer.Option("--criterion", help="Flat-patch test: texture (default; rejects sky, walls), paper (the paper's |mean-var| >= 0.003 mean, accepts nearly everything), none."),
+    ] = "texture",
+    option: Annotated[list[str] | None, typer.Option("--option", help="Estimator parameter KEY=VALUE (JSON value); repeatable.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Parallel worker processes on this machine; 0 = one per core.", min=0)] = 0,
+    shard: Annotated[str | None, typer.Option("--shard", help="i/N: only every N-th photo from the i-th (0-based), for cluster job arrays; combine with `kmsr pool merge`.")] = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    json: JsonOpt = False,
+) -> None:
+    """Estimate real camera blur kernels from photos and write them as an HDF5 kernel set.
+
+    Each photo is converted to grey, bicubic-upscaled by --scale (the kernels are HR-resolution
+    kernels seen in upscaled photos, specific to that scale), cut into random patches; flat
+    patches are rejected and a kernel is estimated per remaining patch (dark-channel prior of
+    Pan et al. 2016 by default). Finished kernels are kept in OUT.partial/ as they come, so a
+    killed run loses only the patches in flight: run the same command again to resume.
+
+    Examples:
+
+        kmsr estimate photos/ -o kernels.h5 --scale 2
+        find shots -name '*.jpg' | kmsr estimate - -o kernels.h5 --per-image 3
+        kmsr estimate 'shots/**/*.png' -o part-3.h5 --shard 3/8   # then: kmsr pool merge part-*.h5 -o all.h5
+    """
+    from kmsr_ops.backend import resolve_device
+
+    from ..estimate import Settings, discover_photos, parse_shard, run_estimate
+    from ..plugin_host import get_host
+
+    settings = Settings(scale=scale, patch=patch, per_image=per_image, kernel_size=kernel_size,
+                        estimator=estimator, criterion=criterion, seed=seed, options=_parse_options(option))
+    settings.validate()
+    shard_t = parse_shard(shard)
+    dev = resolve_device(device)
+    photo_list = discover_photos(photos, stdin=sys.stdin if "-" in photos else None)
+    host = get_host()
+    host.get("estimators", estimator)  # fail early, listing the installed ones, on an unknown name
+    n_workers = workers or _default_workers()
+    mine = len([p for i, p in enumerate(photo_list) if i % shard_t[1] == shard_t[0]])
+
+    warnings: list[str] = []
+    started = time.perf_counter()
+    with make_progress(json_mode=json, extra_columns=(TextColumn("{task.fields[rate]}"),)) as prog:
+        t_photos = prog.add_task("photos", total=mine, rate="")
+        t_kernels = prog.add_task("kernels", total=0, rate="")
+        counts = {"kernels": 0}
+
+        def on_progress(event, n=0):
+            if event == "photo":
+                prog.advance(t_photos)
+            elif event == "planned":
+                prog.update(t_kernels, total=(prog.tasks[t_kernels].total or 0) + n)
+            elif event == "kernel":
+                counts["kernels"] += 1
+                rate = counts["kernels"] / max(time.perf_counter() - started, 1e-9)
+                prog.update(t_kernels, advance=1, rate=f"{rate:.2f} kernels/s")
+
+        def on_warn(msg):
+            warnings.append(msg)
+            prog.console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False)
+
+        summary = run_estimate(host, photo_list, out, settings, device=dev, workers=n_workers, shard=shard_t,
+                               progress=on_progress, warn=on_warn)
+    doc = summary.as_dict()
+    if json:
+        emit_json(doc)
+        return
+    err.print(
+        f"{summary.kernels_written} new kernels ({summary.kernels_resumed} already done), "
+        f"{summary.kernels_total} in {escape(str(summary.output))}; {len(summary.photos_skipped)} photos skipped, "
+        f"{summary.patches_rejected} flat patches rejected, {summary.seconds:.1f} s",
+        highlight=False,
+    )
+    if summary.output:
+        sys.stdout.write(f"{summary.output}\n")

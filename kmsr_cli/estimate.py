@@ -1,0 +1,485 @@
+"""Stage 1 pipeline: blur kernels estimated from real photos, written as an HDF5 kernel set.
+
+For each photo: greyscale in [0, 1] (MATLAB ``rgb2gray`` weights), bicubic upscaling by the SR
+scale (MATLAB-compatible), random square patches, flat ones rejected, one kernel per accepted
+patch from an estimator plugin.
+
+Everything about a photo's patches follows from the photo's *content* and the seed (the patch
+positions are drawn from a generator seeded with both), so a rerun, another shard, or another
+machine cuts exactly the same patches. Each finished kernel is saved at once as a small file
+in ``OUT.partial/`` (written atomically); a rerun of the same command skips every patch that is
+already done, in the partial folder or in ``OUT`` itself, and the final kernel set is written
+atomically when the run ends. A killed run loses at most the patches in flight.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import glob
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kmsr_ops.errors import ImageReadError, KmsrInputError
+from kmsr_ops.resize import imresize
+
+from .errors import CliError
+from .kernelset import KernelSet, Provenance, write_kernel_set
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm"}
+# Smallest patch side (after upscaling) worth estimating a kernel from: below this a 25x25
+# kernel has too few edges around it for the estimate to mean anything.
+MIN_PATCH = 128
+CRITERIA = ("texture", "paper", "none")
+# MATLAB rgb2gray weights (the reference code converts with rgb2gray).
+_GREY = np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])
+
+
+# --------------------------------------------------------------------------- photos
+def discover_photos(specs: Iterable[str], *, stdin: Iterable[str] | None = None) -> list[Path]:
+    """Files, folders (searched recursively for images), globs, or ``-`` (paths on stdin)."""
+    found: list[Path] = []
+    for spec in specs:
+        if spec == "-":
+            lines = stdin if stdin is not None else sys.stdin
+            found.extend(Path(line.strip()) for line in lines if line.strip())
+            continue
+        if any(ch in spec for ch in "*?["):
+            matches = sorted(glob.glob(spec, recursive=True))
+            if not matches:
+                raise CliError(f"{spec}: the pattern matches no file")
+            found.extend(Path(m) for m in matches if Path(m).is_file())
+            continue
+        p = Path(spec)
+        if p.is_dir():
+            imgs = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not imgs:
+                raise CliError(f"{p}: the folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            found.extend(imgs)
+        else:
+            found.append(p)
+    missing = [p for p in found if not p.exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CliError(f"{missing[0]}: no such file{more}", hint="check the photo list; nothing was estimated")
+    unique: list[Path] = []
+    seen: set[str] = set()
+    for p in found:
+        key = os.path.normpath(str(p))
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    if not unique:
+        raise CliError("no photos given", hint="kmsr estimate PHOTO_OR_FOLDER... -o kernels.h5")
+    return unique
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``i/N`` (0-based i) → (i, N); None → (0, 1)."""
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise KmsrInputError(f"shard: expected i/N such as 0/4, found {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise KmsrInputError(f"shard: expected 0 <= i < N, found {text!r}")
+    return i, n
+
+
+def to_grey(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, C) float in [0, 1] → (H, W) float64 grey, MATLAB rgb2gray weights; alpha ignored."""
+    if pixels.ndim == 2:
+        return pixels.astype(np.float64)
+    if pixels.shape[2] == 1:
+        return pixels[..., 0].astype(np.float64)
+    return pixels[..., :3].astype(np.float64) @ _GREY
+
+
+# --------------------------------------------------------------------------- flat patches
+def patch_is_textured(patch: np.ndarray, criterion: str, *, omega: float = 0.003,
+                      edge_threshold: float = 0.02, min_edge_fraction: float = 0.05,
+                      min_std: float = 0.03) -> bool:
+    """Whether a patch has the structure a kernel can be estimated from.
+
+    ``paper``: the test as the paper writes it, ``|mean - var| >= omega * mean`` (omega 0.003).
+    It holds for nearly every natural patch, sky and walls included.
+    ``texture`` (default): at least ``min_edge_fraction`` of the pixels have a gradient of
+    magnitude ``edge_threshold`` or more, and the intensities vary (std >= ``min_std``):
+    blind deblurring needs salient edges, which flat sky, walls and smooth gradients lack.
+    ``none``: accept everything.
+    """
+    if criterion == "none":
+        return True
+    if criterion == "paper":
+        mean = float(patch.mean())
+        return abs(mean - float(patch.var())) >= omega * mean
+    if criterion == "texture":
+        if float(patch.std()) < min_std:
+            return False
+        gx = np.diff(patch, axis=1)[:-1, :]
+        gy = np.diff(patch, axis=0)[:, :-1]
+        edges = np.hypot(gx, gy) >= edge_threshold
+        return float(edges.mean()) >= min_edge_fraction
+    raise KmsrInputError(f"criterion: expected one of {', '.join(CRITERIA)}, found {criterion!r}")
+
+
+# --------------------------------------------------------------------------- units of work
+@dataclass(frozen=True)
+class Unit:
+    """One patch of one photo: the unit that is estimated, saved and skipped on resume."""
+
+    photo: str
+    photo_sha256: str
+    box: tuple[int, int, int, int]  # top, left, height, width in the upscaled image
+    index: int  # patch number within the photo
+    key: str
+
+
+@dataclass
+class Settings:
+    scale: int = 2
+    patch: int = 512
+    per_image: int = 5
+    kernel_size: int = 25
+    estimator: str = "dark-channel"
+    criterion: str = "texture"
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.scale < 1:
+            raise KmsrInputError(f"scale: expected an integer >= 1, found {self.scale}")
+        if self.patch < MIN_PATCH:
+            raise KmsrInputError(f"patch: expected at least {MIN_PATCH} pixels, found {self.patch}")
+        if self.per_image < 1:
+            raise KmsrInputError(f"per-image: expected at least 1, found {self.per_image}")
+        if self.kernel_size < 3 or self.kernel_size % 2 == 0:
+            raise KmsrInputError(f"kernel-size: expected an odd size >= 3, found {self.kernel_size}")
+        if self.criterion not in CRITERIA:
+            raise KmsrInputError(f"criterion: expected one of {', '.join(CRITERIA)}, found {self.criterion!r}")
+
+
+def unit_key(sha: str, box, settings: Settings, est_params: dict) -> str:
+    doc = json.dumps(
+        {"photo": sha, "box": list(box), "scale": settings.scale, "k": settings.kernel_size,
+         "estimator": settings.estimator, "params": est_params},
+        sort_keys=True,
+    )
+    return hashlib.sha256(doc.encode()).hexdigest()[:24]
+
+
+def plan_patches(grey_up: np.ndarray, sha: str, photo: str, settings: Settings, est_params: dict
+                 ) -> tuple[list[tuple[Unit, np.ndarray]], int, str | None]:
+    """Patches of one upscaled photo: (units with their pixels, rejected count, skip reason)."""
+    h, w = grey_up.shape
+    d = min(settings.patch, h, w)
+    if d < MIN_PATCH:
+        return [], 0, f"too small: {w}x{h} after x{settings.scale} upscaling, patches need {MIN_PATCH}x{MIN_PATCH}"
+    # Seeded by the content and the seed only: the same photo gives the same patches anywhere.
+    rng = np.random.default_rng([settings.seed, int(sha[:15], 16)])
+    tries = settings.per_image * 10
+    out: list[tuple[Unit, np.ndarray]] = []
+    seen: set[tuple[int, int]] = set()
+    rejected = 0
+    for _ in range(tries):
+        if len(out) >= settings.per_image:
+            break
+        top = int(rng.integers(0, h - d + 1))
+        left = int(rng.integers(0, w - d + 1))
+        if (top, left) in seen:
+            if (h - d + 1) * (w - d + 1) <= len(seen):
+                break  # every position has been tried
+            continue
+        seen.add((top, left))
+        patch = grey_up[top : top + d, left : left + d]
+        if not patch_is_textured(patch, settings.criterion):
+            rejected += 1
+            continue
+        box = (top, left, d, d)
+        unit = Unit(photo, sha, box, len(out), unit_key(sha, box, settings, est_params))
+        out.append((unit, np.ascontiguousarray(patch, dtype=np.float32)))
+    reason = None
+    if not out:
+        reason = f"no textured patch among {len(seen)} tried (criterion {settings.criterion})"
+    return out, rejected, reason
+
+
+def load_photo(path: Path, scale: int) -> tuple[np.ndarray, str]:
+    """Grey, upscaled photo and the SHA-256 of its file."""
+    from kmsr_ops.image_io import read_image_array
+
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    pixels = read_image_array(path)
+    grey = to_grey(pixels)
+    if scale != 1:
+        grey = np.clip(imresize(grey, scale), 0.0, 1.0)
+    return grey, sha
+
+
+# --------------------------------------------------------------------------- partial results
+class PartialStore:
+    """``OUT.partial/``: one small .npz per finished kernel, each written atomically."""
+
+    def __init__(self, out: Path):
+        self.folder = out.with_name(out.name + ".partial")
+
+    def done_keys(self) -> set[str]:
+        if not self.folder.is_dir():
+            return set()
+        return {p.stem for p in self.folder.glob("*.npz")}
+
+    def save(self, unit: Unit, kernel: np.ndarray, prov: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=self.folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, kernel=kernel.astype(np.float32), prov=np.array(json.dumps(prov)))
+            os.replace(tmp, self.folder / f"{unit.key}.npz")
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load(self) -> list[tuple[np.ndarray, dict]]:
+        items = []
+        if not self.folder.is_dir():
+            return items
+        for p in sorted(self.folder.glob("*.npz")):
+            try:
+                with np.load(p) as z:
+                    items.append((z["kernel"], json.loads(str(z["prov"]))))
+            except (OSError, ValueError, KeyError) as exc:
+                # A damaged part is redone, not trusted: drop it and say so.
+                from .console import log
+
+                log.warning("discarding damaged partial result %s (%s); it will be estimated again", p, exc)
+                p.unlink()
+        return items
+
+    def clear(self) -> None:
+        if self.folder.is_dir():
+            shutil.rmtree(self.folder)
+
+
+# --------------------------------------------------------------------------- estimator workers
+_WORKER_EST = None
+
+
+def _init_worker(name: str, options: dict) -> None:
+    global _WORKER_EST
+    from .plugin_host import get_host
+
+    _WORKER_EST = get_host().get("estimators", name).create(**options)
+
+
+def _worker_estimate(patch: np.ndarray, kernel_size: int, seed: int) -> np.ndarray:
+    return np.asarray(_WORKER_EST.estimate(patch, kernel_size=kernel_size, rng=np.random.default_rng(seed)))
+
+
+def _estimator_options(settings: Settings, device: str) -> dict:
+    opts = dict(settings.options)
+    opts.setdefault("kernel_size", settings.kernel_size)
+    if device != "cpu":
+        opts.setdefault("device", device)
+    return opts
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class EstimateSummary:
+    output: str | None
+    kernels_written: int = 0
+    kernels_resumed: int = 0
+    kernels_total: int = 0
+    photos: int = 0
+    photos_in_shard: int = 0
+    photos_skipped: list[dict] = field(default_factory=list)
+    patches_rejected: int = 0
+    failed_patches: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    shard: str = "0/1"
+    estimator: str = ""
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _check_existing_output(out: Path, settings: Settings) -> tuple[np.ndarray | None, Provenance | None]:
+    if not out.exists():
+        return None, None
+    ks = KernelSet(out)
+    if ks.scale != settings.scale or ks.kernel_size != settings.kernel_size:
+        raise CliError(
+            f"{out} already holds x{ks.scale} kernels of size {ks.kernel_size}, not x{settings.scale} size {settings.kernel_size}",
+            hint="write to another -o file, or delete the old one",
+        )
+    with ks:
+        return ks.kernels(), ks.provenance()
+
+
+def run_estimate(
+    host,
+    photos: list[Path],
+    out: Path,
+    settings: Settings,
+    *,
+    device: str = "cpu",
+    workers: int = 1,
+    shard: tuple[int, int] = (0, 1),
+    progress: Callable[..., None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> EstimateSummary:
+    """Estimate kernels for ``photos`` (this shard's share) and write/extend ``out`` atomically.
+
+    ``progress(event, **info)`` is called with ``photo`` (after each photo), ``planned``
+    (number of new patches queued) and ``kernel`` (after each kernel).
+    """
+    settings.validate()
+    t0 = time.perf_counter()
+    progress = progress or (lambda *a, **k: None)
+    warn = warn or (lambda msg: None)
+    backend = host.get("estimators", settings.estimator)
+    opts = _estimator_options(settings, device)
+    est = backend.create(**opts)
+    est_params = est.params() if hasattr(est, "params") else dict(opts)
+    si, sn = shard
+    mine = [p for i, p in enumerate(photos) if i % sn == si]
+    summary = EstimateSummary(output=str(out), photos=len(photos), photos_in_shard=len(mine),
+                              shard=f"{si}/{sn}", estimator=settings.estimator)
+
+    old_kernels, old_prov = _check_existing_output(out, settings)
+    store = PartialStore(out)
+    done = store.done_keys()
+    if old_prov is not None:
+        for p in old_prov.params:
+            try:
+                key = json.loads(p).get("unit")
+            except json.JSONDecodeError:
+                key = None
+            if key:
+                done.add(key)
+
+    pool = None
+    if workers > 1 and device == "cpu":
+        # Spawned workers, one estimator each; one thread per worker so N workers use N cores.
+        for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+        pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                      initargs=(settings.estimator, opts))
+    in_flight: dict[cf.Future, tuple[Unit, dict]] = {}
+
+    def finish(unit: Unit, prov: dict, kernel) -> None:
+        kernel = np.asarray(kernel, dtype=np.float64)
+        if kernel.shape != (settings.kernel_size, settings.kernel_size) or not np.isfinite(kernel).all() or kernel.sum() <= 0:
+            summary.failed_patches.append({"photo": unit.photo, "box": list(unit.box),
+                                           "reason": f"estimator returned an invalid kernel (shape {kernel.shape})"})
+            return
+        kernel = np.clip(kernel, 0, None)
+        kernel /= kernel.sum()
+        store.save(unit, kernel, prov)
+        summary.kernels_written += 1
+        progress("kernel")
+
+    def drain(block_until: int) -> None:
+        while len(in_flight) > block_until:
+            finished, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                unit, prov = in_flight.pop(fut)
+                try:
+                    finish(unit, prov, fut.result())
+                except Exception as exc:  # one bad patch must not lose the others; it is reported
+                    summary.failed_patches.append({"photo": unit.photo, "box": list(unit.box),
+                                                   "reason": f"{type(exc).__name__}: {exc}"})
+                    warn(f"{unit.photo} patch {unit.box}: estimation failed: {exc}")
+
+    try:
+        for photo in mine:
+            try:
+                grey, sha = load_photo(photo, settings.scale)
+            except (ImageReadError, OSError) as exc:
+                summary.photos_skipped.append({"photo": str(photo), "reason": str(exc)})
+                warn(f"skipping {photo}: {exc}")
+                progress("photo")
+                continue
+            planned, rejected, reason = plan_patches(grey, sha, str(photo), settings, est_params)
+            summary.patches_rejected += rejected
+            if reason:
+                summary.photos_skipped.append({"photo": str(photo), "reason": reason})
+                warn(f"skipping {photo}: {reason}")
+            todo = [(u, p) for u, p in planned if u.key not in done]
+            summary.kernels_resumed += len(planned) - len(todo)
+            progress("planned", n=len(todo))
+            for unit, patch in todo:
+                prov = {
+                    "origin": "estimated",
+                    "source": str(photo),
+                    "box": list(unit.box),
+                    "method": settings.estimator,
+                    "params": {"estimator": est_params, "unit": unit.key, "photo_sha256": sha,
+                               "scale": settings.scale, "criterion": settings.criterion},
+                    "seed": settings.seed,
+                    "index": unit.index,
+                }
+                patch_seed = int(unit.key[:12], 16)
+                if pool is None:
+                    try:
+                        k = est.estimate(patch, kernel_size=settings.kernel_size, rng=np.random.default_rng(patch_seed))
+                        finish(unit, prov, k)
+                    except KmsrInputError as exc:
+                        summary.failed_patches.append({"photo": unit.photo, "box": list(unit.box), "reason": str(exc)})
+                        warn(f"{photo} patch {unit.box}: {exc}")
+                else:
+                    fut = pool.submit(_worker_estimate, patch, settings.kernel_size, patch_seed)
+                    in_flight[fut] = (unit, prov)
+                    drain(2 * workers)
+            progress("photo")
+        drain(0)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    # Assemble: what the output already had, plus every finished partial kernel.
+    parts = store.load()
+    kernels: list[np.ndarray] = []
+    prov = Provenance()
+    have: set[str] = set()
+    if old_kernels is not None:
+        kernels.extend(old_kernels)
+        prov.extend(old_prov)
+        for p in old_prov.params:
+            have.add(json.loads(p).get("unit", "") if p else "")
+    for kernel, row in parts:
+        key = row["params"].get("unit")
+        if key in have:
+            continue
+        have.add(key)
+        kernels.append(kernel)
+        prov.append(origin=row["origin"], source=row["source"], method=row["method"], params=row["params"],
+                    box=row["box"], seed=row["seed"], index=row["index"])
+    summary.kernels_total = len(kernels)
+    if kernels and (parts or old_kernels is None):
+        write_kernel_set(out, np.stack(kernels), prov, scale=settings.scale,
+                         description=f"kernels estimated by {settings.estimator} from photos (x{settings.scale})")
+    if not kernels:
+        summary.output = None
+        warn("no kernels were estimated, so no kernel set was written")
+    store.clear()
+    summary.seconds = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def iter_lines(stream) -> Iterator[str]:
+    for line in stream:
+        yield line.rstrip("\n")
