@@ -484,9 +484,11 @@ def _check_pixels(pixels, bit_depth) -> np.ndarray:
     if isinstance(bit_depth, bool) or bit_depth not in (8, 16):
         raise KmsrInputError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
     arr = np.asarray(pixels)
-    if not np.issubdtype(arr.dtype, np.floating):
+    integer_ok = (arr.dtype == np.uint8 and bit_depth == 8) or (arr.dtype == np.uint16 and bit_depth == 16)
+    if not (np.issubdtype(arr.dtype, np.floating) or integer_ok):
         raise KmsrInputError(
-            f"pixels must be floating point with values in [0, 1], got dtype {arr.dtype}"
+            f"pixels must be floating point with values in [0, 1] (or uint8 for 8-bit, uint16 for 16-bit "
+            f"samples), got dtype {arr.dtype} for bit_depth {bit_depth}"
         )
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -499,7 +501,7 @@ def _check_pixels(pixels, bit_depth) -> np.ndarray:
         )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise KmsrInputError(f"pixels must be at least 1x1, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise KmsrInputError("pixels must be finite, found NaN or Inf values")
     return arr
 
@@ -507,12 +509,16 @@ def _check_pixels(pixels, bit_depth) -> np.ndarray:
 def encode_png(pixels: np.ndarray, bit_depth: int = 8) -> bytes:
     """Encode float pixels in [0, 1] ((H, W) or (H, W, C), C in 1, 3, 4) as PNG bytes.
 
-    Values are clipped to [0, 1] and rounded to the nearest of 2**bit_depth levels.
+    Values are clipped to [0, 1] and rounded to the nearest of 2**bit_depth levels; uint8
+    (8-bit) or uint16 (16-bit) samples are written as they are.
     """
     arr = _check_pixels(pixels, bit_depth)
-    maxval = 255 if bit_depth == 8 else 65535
-    quantised = np.rint(np.clip(arr.astype(np.float64), 0.0, 1.0) * maxval)
-    samples = quantised.astype(np.uint8 if bit_depth == 8 else np.uint16)
+    if arr.dtype.kind == "u":
+        samples = arr  # already quantised samples of the requested depth (large images stay small)
+    else:
+        maxval = 255 if bit_depth == 8 else 65535
+        quantised = np.rint(np.clip(arr.astype(np.float64), 0.0, 1.0) * maxval)
+        samples = quantised.astype(np.uint8 if bit_depth == 8 else np.uint16)
     channels = samples.shape[2]
     if bit_depth == 16 and channels > 1:
         # Pillow cannot write 16-bit colour PNGs: use the small encoder above.

@@ -479,7 +479,8 @@ def test_write_png_missing_folder(tmp_path):
         (np.zeros((2, 2, 2)), 8, "1, 3 or 4 channels.*got 2"),
         (np.zeros((2, 2, 5)), 8, "got 5"),
         (np.zeros((0, 2)), 8, "at least 1x1"),
-        (np.zeros((2, 2), dtype=np.uint8), 8, "floating point.*uint8"),
+        (np.zeros((2, 2), dtype=np.uint8), 16, "floating point.*got dtype uint8 for bit_depth 16"),
+        (np.zeros((2, 2), dtype=np.int32), 8, "floating point.*got dtype int32"),
         (np.zeros((2, 2)), 12, "bit_depth must be 8 or 16, got 12"),
         (np.zeros((2, 2)), True, "bit_depth"),
     ],
@@ -488,3 +489,15 @@ def test_write_png_rejects_bad_input(tmp_path, pixels, bit_depth, match):
     with pytest.raises(KmsrInputError, match=match):
         write_png(tmp_path / "x.png", pixels, bit_depth=bit_depth)
     assert os.listdir(tmp_path) == []
+
+
+def test_integer_samples_are_written_as_they_are(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    a8 = rng.integers(0, 256, size=(6, 7, 3), dtype=np.uint8)
+    write_png(tmp_path / "a.png", a8)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), a8)
+    g16 = rng.integers(0, 65536, size=(5, 4), dtype=np.uint16)
+    write_png(tmp_path / "g.png", g16, bit_depth=16)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "g.png")).astype(np.uint16), g16)
