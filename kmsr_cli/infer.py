@@ -1,0 +1,219 @@
+"""Super-resolution inference on images of any size, tile by tile.
+
+A model is fed according to its declared convention: ``upsampled`` models restore the
+MATLAB-bicubic-upscaled image (KMSR, SRCNN, VDSR), ``lr`` models take the LR image and upscale
+themselves (EDSR, DBPN); ``rgb`` models see RGB, ``y`` models see the Y channel of BT.601
+(MATLAB ``rgb2ycbcr``) while the chroma is upscaled bicubically.
+
+Tiles cover the output; each is computed from its input region plus a margin of
+``overlap`` network-input pixels on every side, and only its centre is kept. When the margin
+covers the network's receptive-field radius, the result equals untiled inference (the margin
+pixels are the only ones that see the tile edge instead of the image). The bicubic upscaling
+is done per tile too, from an LR crop with a few extra pixels: MATLAB bicubic at an integer
+scale maps output pixel i of a crop starting at LR row r to global output pixel i + r*s, so
+the crop's interior is the global result. Nothing image-sized is ever held in float: the
+output is quantised tile by tile into an integer buffer, which keeps a 4096x4096 input within
+a few GB.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kmsr_ops.colour import rgb2ycbcr, ycbcr2rgb
+from kmsr_ops.errors import KmsrInputError
+from kmsr_ops.resize import imresize
+
+# Extra LR pixels around a crop before bicubic upscaling: the cubic kernel reaches 2 LR
+# pixels on each side; 3 leaves a safety pixel.
+_BICUBIC_MARGIN = 3
+
+
+@dataclass
+class SRModel:
+    """A network and how to feed it."""
+
+    module: object  # torch.nn.Module
+    scale: int
+    input: str = "upsampled"  # "upsampled" | "lr"
+    channels: str = "rgb"  # "rgb" | "y"
+    receptive_field: int = 0  # in network-input pixels (0 = unknown)
+    name: str = "model"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.input not in ("upsampled", "lr"):
+            raise KmsrInputError(f"model input: expected 'upsampled' or 'lr', found {self.input!r}")
+        if self.channels not in ("rgb", "y"):
+            raise KmsrInputError(f"model channels: expected 'rgb' or 'y', found {self.channels!r}")
+        if int(self.scale) != self.scale or self.scale < 1:
+            raise KmsrInputError(f"model scale: expected a positive integer, found {self.scale!r}")
+
+
+@dataclass(frozen=True)
+class Tile:
+    y0: int
+    y1: int
+    x0: int
+    x1: int  # output region, in output pixels
+
+
+def plan_tiles(out_h: int, out_w: int, tile: int) -> list[Tile]:
+    """Output tiles of at most ``tile`` x ``tile`` (0 = one tile) covering the image."""
+    if tile <= 0:
+        return [Tile(0, out_h, 0, out_w)]
+    tiles = []
+    for y0 in range(0, out_h, tile):
+        for x0 in range(0, out_w, tile):
+            tiles.append(Tile(y0, min(out_h, y0 + tile), x0, min(out_w, x0 + tile)))
+    return tiles
+
+
+def _rgb(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """(H, W, C) in [0, 1] → RGB float64, alpha or None, whether the input was grey."""
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    c = pixels.shape[2]
+    if c == 1:
+        return np.repeat(pixels, 3, axis=2).astype(np.float64), None, True
+    if c == 3:
+        return pixels.astype(np.float64), None, False
+    if c == 4:
+        return pixels[..., :3].astype(np.float64), pixels[..., 3].astype(np.float64), False
+    raise KmsrInputError(f"image: expected 1, 3 or 4 channels, found {c}")
+
+
+class _Runner:
+    """Runs the network on float32 (1, C, h, w) arrays on a device, in eval mode, without autograd."""
+
+    def __init__(self, model: SRModel, device: str, half: bool):
+        import torch
+
+        if half and not str(device).startswith("cuda"):
+            raise KmsrInputError("--half runs on CUDA only; half precision on the CPU is slow and inaccurate")
+        self.torch = torch
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if half else torch.float32
+        self.module = model.module.to(self.device).to(self.dtype).eval()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device, self.dtype)
+            y = self.module(t)
+            return y.float().cpu().numpy()
+
+
+def super_resolve(
+    model: SRModel,
+    pixels: np.ndarray,
+    *,
+    tile: int = 512,
+    overlap: int = 32,
+    device: str = "cpu",
+    half: bool = False,
+    bit_depth: int = 8,
+    on_tile: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Super-resolve one image (H, W, C) float in [0, 1]; returns (sH, sW, C) uint8/uint16.
+
+    Grey images come back grey, RGBA keeps its alpha (upscaled bicubically).
+    """
+    if overlap < 0:
+        raise KmsrInputError(f"tile-overlap: expected >= 0, found {overlap}")
+    if tile < 0:
+        raise KmsrInputError(f"tile: expected >= 0 (0 = no tiling), found {tile}")
+    if tile and tile < 16:
+        raise KmsrInputError(f"tile: expected 0 or at least 16 pixels, found {tile}")
+    pixels = np.asarray(pixels)
+    if pixels.ndim not in (2, 3) or min(pixels.shape[:2]) < 2:
+        raise KmsrInputError(f"image: expected (H, W[, C]) of at least 2x2 pixels, found shape {pixels.shape}")
+    rgb, alpha, grey = _rgb(pixels)
+    s = int(model.scale)
+    h, w = rgb.shape[:2]
+    out_h, out_w = h * s, w * s
+    out_c = 1 if grey else 3
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    maxval = float(np.iinfo(dtype).max)
+    out = np.empty((out_h, out_w, out_c + (alpha is not None)), dtype=dtype)
+    run = _Runner(model, device, half)
+    if model.input == "lr" and tile:
+        tile = max(s, tile - tile % s)  # LR-input tiles start on LR pixel boundaries
+    tiles = plan_tiles(out_h, out_w, tile)
+    for n, t in enumerate(tiles):
+        restored = _tile(model, run, rgb, t, s, overlap)  # (3, th, tw) RGB float in [0, 1]
+        if grey:
+            restored = restored.mean(axis=0, keepdims=True)
+        out[t.y0 : t.y1, t.x0 : t.x1, :out_c] = np.rint(np.clip(restored, 0, 1) * maxval).transpose(1, 2, 0)
+        if alpha is not None:
+            a = _bicubic_region(alpha[..., None], s, t.y0, t.y1, t.x0, t.x1)[..., 0]
+            out[t.y0 : t.y1, t.x0 : t.x1, out_c] = np.rint(np.clip(a, 0, 1) * maxval)
+        if on_tile:
+            on_tile(n + 1, len(tiles))
+    return out
+
+
+def _bicubic_region(lr: np.ndarray, s: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Rows y0:y1, cols x0:x1 (clipped to the image) of imresize(lr, s), from an LR crop."""
+    h, w = lr.shape[:2]
+    oy0, oy1 = max(0, y0), min(h * s, y1)
+    ox0, ox1 = max(0, x0), min(w * s, x1)
+    ly0 = max(0, oy0 // s - _BICUBIC_MARGIN)
+    ly1 = min(h, math.ceil(oy1 / s) + _BICUBIC_MARGIN)
+    lx0 = max(0, ox0 // s - _BICUBIC_MARGIN)
+    lx1 = min(w, math.ceil(ox1 / s) + _BICUBIC_MARGIN)
+    crop = lr[ly0:ly1, lx0:lx1]
+    if s == 1:
+        up = crop
+    else:
+        up = imresize(crop, s)
+    return up[oy0 - ly0 * s : oy1 - ly0 * s, ox0 - lx0 * s : ox1 - lx0 * s]
+
+
+def _tile(model: SRModel, run: _Runner, rgb: np.ndarray, t: Tile, s: int, overlap: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    if model.input == "upsampled":
+        m = overlap
+        ey0, ey1 = max(0, t.y0 - m), min(h * s, t.y1 + m)
+        ex0, ex1 = max(0, t.x0 - m), min(w * s, t.x1 + m)
+        up = _bicubic_region(rgb, s, ey0, ey1, ex0, ex1)  # (eh, ew, 3)
+        net_out = _run_channels(model, run, up, scale=1)  # (3, eh, ew)
+        return net_out[:, t.y0 - ey0 : t.y1 - ey0, t.x0 - ex0 : t.x1 - ex0]
+    # LR-input network: tile in LR space; output tiles align with LR pixels times s.
+    if t.y0 % s or t.x0 % s:
+        raise AssertionError("LR-input tiles must start on multiples of the scale")
+    ly0, ly1 = t.y0 // s, math.ceil(t.y1 / s)
+    lx0, lx1 = t.x0 // s, math.ceil(t.x1 / s)
+    m = math.ceil(overlap / s)
+    if model.channels == "y":
+        m = max(m, _BICUBIC_MARGIN)  # the chroma is upscaled bicubically from this crop
+    ey0, ey1 = max(0, ly0 - m), min(h, ly1 + m)
+    ex0, ex1 = max(0, lx0 - m), min(w, lx1 + m)
+    crop = rgb[ey0:ey1, ex0:ex1]
+    net_out = _run_channels(model, run, crop, scale=s)  # (3, s*eh, s*ew)
+    oy, ox = (ly0 - ey0) * s, (lx0 - ex0) * s
+    return net_out[:, oy : oy + (t.y1 - t.y0), ox : ox + (t.x1 - t.x0)]
+
+
+def _run_channels(model: SRModel, run: _Runner, rgb: np.ndarray, scale: int) -> np.ndarray:
+    """Feed an RGB crop (h, w, 3) to the network per its channel convention; RGB (3, H, W) back."""
+    if model.channels == "rgb":
+        y = run(rgb.transpose(2, 0, 1)[None])[0]
+        return y.astype(np.float64)
+    ycc = rgb2ycbcr(rgb)
+    y_out = run(ycc[None, None, :, :, 0])[0, 0].astype(np.float64)
+    if scale == 1:
+        chroma = ycc[..., 1:]
+    else:
+        chroma = imresize(ycc[..., 1:], scale)
+    merged = np.concatenate([y_out[..., None], chroma], axis=2)
+    return np.clip(ycbcr2rgb(merged), 0, 1).transpose(2, 0, 1)
+
+
+def iter_batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
