@@ -53,11 +53,13 @@ def root(
 
 
 def _register_commands() -> None:
-    from .commands import estimate_cmd, plugins_cmd, pool_cmd
+    from .commands import estimate_cmd, plugins_cmd, pool_cmd, sr_cmd, train_cmd
 
     app.command("plugins")(plugins_cmd.plugins)
     app.command("estimate")(estimate_cmd.estimate)
     app.add_typer(pool_cmd.app, name="pool")
+    app.command("train")(train_cmd.train)
+    app.command("sr")(sr_cmd.sr)
 
 
 _register_commands()

@@ -10,8 +10,8 @@ the border handled by ``boundary``:
 - ``zero``: zeros outside the image (what KMSR's release did; it darkens borders).
 
 Output alignment is that of ``scipy.signal.convolve2d(x, k, mode="same")``: pixel (y, x)
-sums ``k[i, j] * x[y + K//2 - i, x + K//2 - j]``, so odd kernels are centred and even ones sit
-half a pixel towards the origin.
+sums ``k[i, j] * x[y + (K-1)//2 - i, x + (K-1)//2 - j]``, so odd kernels are centred and even
+ones sit half a pixel off centre (their centre (K-1)/2 falls between pixels).
 
 Paths, all equal to :func:`blur_reference` (SciPy) to 1e-5 in float32:
 

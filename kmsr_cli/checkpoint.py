@@ -1,0 +1,255 @@
+"""Model checkpoints: safetensors weights with kmsr's JSON metadata in the same file.
+
+One file per model. The tensors are the model's ``state_dict``; the safetensors header's
+string metadata holds ``format`` (``kmsr-model``), ``format_version`` and ``kmsr``, a JSON
+document (:class:`ModelMeta`)::
+
+    {"backbone": "kmsr", "scale": 2, "options": {"variant": "edsr", "blocks": 16, ...},
+     "extra": {"degradation": {...}, "pool_fingerprint": "...", "step": 1200},
+     "kmsr_version": "0.1.0", "created_at": "2025-01-01T00:00:00+00:00"}
+
+``options`` are the backbone's resolved constructor options, so the loader rebuilds exactly the
+saved architecture through the plugin host, even if a default changes later. ``extra`` is free
+JSON for the caller (training degradation, pool fingerprint, step, ...). Training state for
+resuming (optimiser, scheduler, RNG) does not belong here.
+
+Files are written to a temporary file in the same folder and moved into place. Nothing is
+unpickled when loading. Every failure raises :class:`CliError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import CliError
+
+FORMAT_NAME = "kmsr-model"
+FORMAT_VERSION = 1
+SUFFIX = ".safetensors"
+_HINT = "kmsr plugins  (lists the installed backbones)"
+_MISSING = object()
+
+
+@dataclass
+class ModelMeta:
+    """What a checkpoint says about the model it holds."""
+
+    backbone: str
+    scale: int | None
+    options: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    kmsr_version: str = __version__
+    created_at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, path: str | os.PathLike) -> ModelMeta:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{path}: the kmsr metadata is not valid JSON ({exc})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("backbone"), str):
+            raise CliError(f"{path}: the kmsr metadata has no backbone name")
+        scale = doc.get("scale")
+        if scale is not None and (not isinstance(scale, int) or isinstance(scale, bool)):
+            raise CliError(f"{path}: the kmsr metadata has scale {scale!r}, expected an integer or null")
+        for key in ("options", "extra"):
+            if not isinstance(doc.get(key, {}), dict):
+                raise CliError(f"{path}: the kmsr metadata's {key!r} is not a JSON object")
+        return cls(
+            backbone=doc["backbone"],
+            scale=scale,
+            options=dict(doc.get("options", {})),
+            extra=dict(doc.get("extra", {})),
+            kmsr_version=str(doc.get("kmsr_version", "")),
+            created_at=str(doc.get("created_at", "")),
+        )
+
+
+def _json_friendly(value: Any, what: str) -> Any:
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"{what}: expected JSON-friendly values (numbers, strings, lists, dicts), found {exc}") from None
+
+
+def save_model(
+    path: str | os.PathLike,
+    model,
+    *,
+    backbone: str,
+    scale: int | None = None,
+    options: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``model``'s weights and metadata to ``path`` atomically; returns the path.
+
+    :param backbone: the registry name the model was built with (``kmsr``, ``edsr``, ...).
+    :param scale: default ``model.scale`` (the built-in backbones carry it).
+    :param options: constructor options; default ``model.options`` (resolved by the built-ins).
+        A third-party module without these attributes must pass both.
+    :param extra: free JSON metadata (training degradation, pool fingerprint, step, ...).
+    """
+    from safetensors.torch import save_file
+
+    if scale is None:
+        scale = getattr(model, "scale", None)
+    if options is None:
+        options = getattr(model, "options", None)
+        if options is None:
+            raise CliError(f"save_model: {type(model).__name__} has no .options; pass options= (constructor arguments)")
+    if scale is not None and (isinstance(scale, bool) or int(scale) != scale):
+        raise CliError(f"save_model: scale must be an integer or None, found {scale!r}")
+    meta = ModelMeta(
+        backbone=str(backbone),
+        scale=None if scale is None else int(scale),
+        options=_json_friendly(dict(options), "options"),
+        extra=_json_friendly(dict(extra or {}), "extra"),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    # Copies: safetensors refuses tensors that share storage (tied or sliced parameters).
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    header = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "kmsr": meta.to_json()}
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model is shared like any output
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise CliError(f"{path}: no such file (expected a kmsr model checkpoint, {SUFFIX})")
+    if path.is_dir():
+        raise CliError(f"{path}: is a folder, expected a kmsr model checkpoint ({SUFFIX})")
+
+
+def read_model_meta(path: str | os.PathLike) -> ModelMeta:
+    """The metadata of a checkpoint, without loading its tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CliError(f"{path}: not a readable safetensors file ({exc}); expected a kmsr model checkpoint") from None
+    fmt = header.get("format")
+    if fmt != FORMAT_NAME or "kmsr" not in header:
+        raise CliError(
+            f"{path}: a safetensors file without kmsr metadata (format={fmt!r}, expected {FORMAT_NAME!r}); "
+            "published weights load through the backbone's weights= option"
+        )
+    try:
+        version = int(header.get("format_version", "0"))
+    except ValueError:
+        version = -1
+    if not 1 <= version <= FORMAT_VERSION:
+        raise CliError(f"{path}: checkpoint format version {header.get('format_version')!r}; this kmsr reads 1..{FORMAT_VERSION}")
+    return ModelMeta.from_json(header["kmsr"], path)
+
+
+def check_meta(meta: ModelMeta, path, *, backbone: str | None = None, options: dict | None = None,
+               scale: int | None = None) -> None:
+    """Raise CliError when the checkpoint is not for the expected backbone, options or scale.
+
+    Only what is given is checked; ``options`` are compared key by key (a key the checkpoint
+    lacks counts as a mismatch).
+    """
+    if backbone is not None and meta.backbone != backbone:
+        raise CliError(
+            f"{path}: checkpoint is for backbone {meta.backbone!r} ({_fmt(meta.options)}), expected {backbone!r}",
+            hint=f"use --backbone {meta.backbone}, or another checkpoint",
+        )
+    if scale is not None and meta.scale is not None and meta.scale != scale:
+        raise CliError(f"{path}: checkpoint is for scale x{meta.scale}, expected x{scale}")
+    if options:
+        wrong = {k: v for k, v in options.items() if meta.options.get(k, _MISSING) != v}
+        if wrong:
+            found = {k: meta.options.get(k, "<absent>") for k in wrong}
+            raise CliError(f"{path}: checkpoint {meta.backbone!r} was built with {_fmt(found)}, expected {_fmt(wrong)}")
+
+
+def _fmt(options: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(options.items())) or "no options"
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    backbone: str | None = None,
+    options: dict | None = None,
+    scale: int | None = None,
+    device="cpu",
+    host=None,
+):
+    """Rebuild a checkpoint's model through the plugin host and load its weights.
+
+    ``backbone``/``options``/``scale``, when given, must match the checkpoint (see
+    :func:`check_meta`). Returns ``(model, meta)``; the model is in evaluation mode on ``device``.
+
+    :param host: a :class:`~kmsr_cli.plugin_host.PluginHost`; default the process-wide one.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .plugin_host import get_host
+
+    path = Path(path)
+    meta = read_model_meta(path)
+    check_meta(meta, path, backbone=backbone, options=options, scale=scale)
+    host = host or get_host()
+    if meta.backbone not in host.names("backbones"):
+        known = ", ".join(host.names("backbones")) or "none installed"
+        raise CliError(f"{path}: checkpoint is for backbone {meta.backbone!r}, which is not installed (installed: {known})",
+                       hint=_HINT)
+    try:
+        model = host.get("backbones", meta.backbone).create(scale=meta.scale, **meta.options)
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"{path}: backbone {meta.backbone!r} rejects the saved options {_fmt(meta.options)}: {exc}") from None
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CliError(f"{path}: the weights cannot be read ({exc}); the file is damaged") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} with other shapes (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+        raise CliError(f"{path}: weights do not fit backbone {meta.backbone!r} ({_fmt(meta.options)}): " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), meta
+
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelMeta", "check_meta", "load_model", "read_model_meta", "save_model"]

@@ -1,0 +1,451 @@
+"""Stage 3 pipeline: train an SR backbone on HR patches degraded on the training device.
+
+The data are HR images held in memory as uint8; each step cuts random patches (with flips and
+90-degree turns), moves them to the device, and the degradation plugin turns them into
+(network input, target) pairs there, per sample and batched, inside the step. All randomness
+comes from two ``torch.Generator`` objects (patches, degradation) whose states are saved with
+every checkpoint, so ``--resume`` continues exactly where the checkpoint left off.
+
+Run folder (``-o RUN_DIR``):
+
+- ``model.safetensors``: the latest weights with kmsr metadata (backbone, options, scale,
+  degradation, pool fingerprint, step) — what ``kmsr sr --model`` takes;
+- ``best.safetensors``: the weights with the best validation Y-PSNR so far;
+- ``state.pt``: everything ``--resume`` needs (weights, optimiser, scheduler, generators,
+  step), tensors only, loaded with ``weights_only=True``;
+- ``config.json``: the resolved configuration; ``log.jsonl``: one line per epoch.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same command trains with DistributedDataParallel:
+gloo on the CPU, NCCL on GPUs; ``--batch`` is the global batch, split over the processes, and
+rank 0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kmsr_ops.errors import KmsrInputError
+
+from .errors import CliError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+# scikit-image's bundled photos that are public domain or CC0 (scikit-image's data docs):
+# the default training and validation data, so training works offline out of the box.
+SKIMAGE_TRAIN = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+                 "camera", "brick", "grass", "gravel")
+SKIMAGE_VAL = ("chelsea",)
+
+PRESETS = {
+    # the paper: L1, Adam 1e-4 halved every 10 epochs, batch 32, 128x128 patches
+    "paper": {"loss": "l1", "lr": 1e-4, "lr_step_epochs": 10, "lr_gamma": 0.5, "batch": 32, "patch": 128},
+    # the official release: MSE, lr 1e-3 x0.1 every 30 epochs, batch 16
+    "release": {"loss": "mse", "lr": 1e-3, "lr_step_epochs": 30, "lr_gamma": 0.1, "batch": 16, "patch": 128},
+}
+
+
+@dataclass
+class TrainConfig:
+    backbone: str
+    degradation: str
+    scale: int
+    out: str
+    backbone_options: dict = field(default_factory=dict)
+    degradation_options: dict = field(default_factory=dict)
+    pool: str | None = None
+    data: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    preset: str = "paper"
+    patch: int | None = None
+    batch: int | None = None
+    epochs: int = 1
+    iters_per_epoch: int = 1000
+    lr: float | None = None
+    lr_step_epochs: int | None = None
+    lr_gamma: float | None = None
+    loss: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = False
+    checkpoint_every: int = 0  # iterations; 0 = at the end of each epoch only
+    val_crop: int = 256
+    max_steps: int | None = None  # stop after this many steps (tests, smoke runs)
+
+    def resolve(self) -> "TrainConfig":
+        if self.preset not in PRESETS:
+            raise KmsrInputError(f"preset: expected one of {', '.join(PRESETS)}, found {self.preset!r}")
+        p = PRESETS[self.preset]
+        for key in ("loss", "lr", "lr_step_epochs", "lr_gamma", "batch", "patch"):
+            if getattr(self, key) is None:
+                setattr(self, key, p[key])
+        if self.loss not in ("l1", "mse"):
+            raise KmsrInputError(f"loss: expected l1 or mse, found {self.loss!r}")
+        for key in ("batch", "patch", "epochs", "iters_per_epoch", "lr_step_epochs"):
+            if int(getattr(self, key)) < 1:
+                raise KmsrInputError(f"{key.replace('_', '-')}: expected at least 1, found {getattr(self, key)}")
+        if not self.lr > 0:
+            raise KmsrInputError(f"lr: expected a positive learning rate, found {self.lr}")
+        if self.patch % self.scale:
+            raise KmsrInputError(f"patch: {self.patch} is not a multiple of the scale {self.scale}")
+        return self
+
+
+# --------------------------------------------------------------------------- data
+def _load_rgb_uint8(path: Path) -> np.ndarray:
+    from kmsr_ops.image_io import read_image
+
+    img = read_image(path, channels="RGB")
+    return np.rint(img.pixels * 255).astype(np.uint8)
+
+
+def load_hr_images(specs: list[str], *, default: tuple[str, ...]) -> tuple[list[np.ndarray], list[str]]:
+    """HR images as (H, W, 3) uint8: from files/folders, or scikit-image's CC0 photos."""
+    if not specs:
+        import skimage.data as skd
+
+        imgs, names = [], []
+        for name in default:
+            a = getattr(skd, name)()
+            if a.ndim == 2:
+                a = np.repeat(a[..., None], 3, axis=2)
+            imgs.append(np.ascontiguousarray(a[..., :3]))
+            names.append(f"skimage:{name}")
+        return imgs, names
+    paths: list[Path] = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise CliError(f"{p}: the folder holds no images")
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise CliError(f"{p}: no such file or folder")
+    return [_load_rgb_uint8(p) for p in paths], [str(p) for p in paths]
+
+
+class PatchSampler:
+    """Random HR patches with flips and 90-degree turns, drawn from one generator."""
+
+    def __init__(self, images: list[np.ndarray], patch: int, generator):
+        import torch
+
+        usable = [torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))) for im in images
+                  if im.shape[0] >= patch and im.shape[1] >= patch]
+        if not usable:
+            raise CliError(f"no training image is at least {patch}x{patch} pixels; use a smaller --patch")
+        self.images = usable
+        self.patch = patch
+        self.g = generator
+        # Larger images are drawn more often: every pixel equally likely to be seen.
+        areas = torch.tensor([float(im.shape[1] * im.shape[2]) for im in usable], dtype=torch.float64)
+        self.weights = areas / areas.sum()
+
+    def __call__(self, n: int):
+        import torch
+
+        p = self.patch
+        idx = torch.multinomial(self.weights, n, replacement=True, generator=self.g)
+        out = torch.empty((n, 3, p, p), dtype=torch.uint8)
+        for i, j in enumerate(idx.tolist()):
+            im = self.images[j]
+            top = int(torch.randint(0, im.shape[1] - p + 1, (1,), generator=self.g))
+            left = int(torch.randint(0, im.shape[2] - p + 1, (1,), generator=self.g))
+            crop = im[:, top : top + p, left : left + p]
+            aug = int(torch.randint(0, 8, (1,), generator=self.g))
+            if aug & 1:
+                crop = crop.flip(-1)
+            if aug & 2:
+                crop = crop.flip(-2)
+            if aug & 4:
+                crop = crop.transpose(-1, -2)
+            out[i] = crop
+        return out
+
+
+# --------------------------------------------------------------------------- distributed
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _atomic_torch_save(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class TrainResult:
+    run_dir: str
+    steps: int
+    epochs_done: int
+    final_loss: float
+    best_val_psnr: float | None
+    val_psnr: list[float]
+    seconds: float
+    losses: list[float]
+
+
+def _y_psnr(out, target, scale: int) -> float:
+    from kmsr_ops.metrics import psnr
+
+    a = out.clamp(0, 1).double().cpu().numpy()
+    b = target.double().cpu().numpy()
+    vals = []
+    for i in range(a.shape[0]):
+        x = a[i].transpose(1, 2, 0) * 255
+        y = b[i].transpose(1, 2, 0) * 255
+        vals.append(psnr(x, y, crop_border=scale, test_y_channel=x.shape[2] == 3))
+    return float(np.mean(vals))
+
+
+def run_training(cfg: TrainConfig, host, *, on_step: Callable[[dict], None] | None = None,
+                 on_epoch: Callable[[dict], None] | None = None, resume: bool = False,
+                 log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train; returns a summary. ``on_step(info)`` after each step (rank 0 only)."""
+    import torch
+
+    from .checkpoint import save_model
+    from .kernelset import KernelSet
+
+    cfg.resolve()
+    log = log or (lambda msg: None)
+    rank, world, local_rank = dist_info()
+    distributed = world > 1
+    device = cfg.device
+    if distributed:
+        import torch.distributed as dist
+
+        if cfg.batch % world:
+            raise KmsrInputError(f"batch: {cfg.batch} does not split over {world} processes")
+        if device.startswith("cuda"):
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    per_rank_batch = cfg.batch // world
+    dev = torch.device(device)
+    run_dir = Path(cfg.out)
+
+    # ---- backbone and its convention
+    bb = host.get("backbones", cfg.backbone)
+    scales = bb.info.get("scales")
+    if scales and cfg.scale not in scales:
+        raise CliError(f"backbone {cfg.backbone!r} supports scales {scales}, not x{cfg.scale}")
+    torch.manual_seed(cfg.seed)
+    model = bb.create(scale=cfg.scale, **cfg.backbone_options).to(dev)
+    conv = {"input": getattr(model, "input_kind", bb.info.get("input", "upsampled")),
+            "channels": getattr(model, "channels", bb.info.get("channels", "rgb"))}
+
+    # ---- degradation, with the pool's kernels when it needs them
+    dg = host.get("degradations", cfg.degradation)
+    dopts = dict(cfg.degradation_options)
+    pool_fp = None
+    if dg.info.get("needs_kernels"):
+        if not cfg.pool:
+            raise CliError(f"degradation {cfg.degradation!r} draws kernels from a pool: give --pool POOL.h5",
+                           hint="kmsr pool synth --family motion -o pool.h5  (a synthetic pool to start with)")
+        with KernelSet(cfg.pool) as ks:
+            if ks.scale != cfg.scale:
+                raise CliError(f"{cfg.pool}: the pool holds x{ks.scale} kernels, but --scale is {cfg.scale}; "
+                               "kernels are specific to the scale they were estimated at")
+            dopts["kernels"] = ks.kernels()
+        pool_fp = file_fingerprint(cfg.pool)
+    elif cfg.pool:
+        raise CliError(f"degradation {cfg.degradation!r} does not use a pool; drop --pool or use --degradation pool")
+    degrade = dg.create(scale=cfg.scale, input=conv["input"], channels=conv["channels"], **dopts)
+    multiple = int(getattr(degrade, "hr_multiple", cfg.scale))
+    if cfg.patch % multiple:
+        raise KmsrInputError(f"patch: the {cfg.degradation} degradation at x{cfg.scale} needs HR patches that are "
+                             f"multiples of {multiple}, found {cfg.patch}; try --patch {cfg.patch - cfg.patch % multiple}")
+
+    # ---- data
+    images, names = load_hr_images(cfg.data, default=SKIMAGE_TRAIN)
+    val_images, val_names = load_hr_images(cfg.val, default=SKIMAGE_VAL) if (cfg.val or not cfg.data) else ([], [])
+    g_data = torch.Generator().manual_seed(cfg.seed * 1000 + 2 * rank + 1)
+    g_deg = torch.Generator().manual_seed(cfg.seed * 1000 + 2 * rank + 2)
+    sampler = PatchSampler(images, cfg.patch, g_data)
+
+    # ---- optimisation
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[local_rank] if dev.type == "cuda" else None)
+    else:
+        net = model
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step_size = cfg.lr_step_epochs * cfg.iters_per_epoch
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=cfg.lr_gamma)
+    loss_fn = torch.nn.L1Loss() if cfg.loss == "l1" else torch.nn.MSELoss()
+    use_amp = bool(cfg.amp)
+    amp_dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dev.type == "cuda")
+
+    step, best, history = 0, None, []
+    state_path = run_dir / "state.pt"
+    if resume:
+        if not state_path.exists():
+            raise CliError(f"{state_path}: nothing to resume (no state.pt in the run folder)",
+                           hint="drop --resume to start a new run")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        saved_cfg = json.loads(bytes(state["config_json"].tolist()).decode())
+        for key in ("backbone", "degradation", "scale", "backbone_options", "patch", "batch"):
+            if saved_cfg.get(key) != getattr(cfg, key):
+                raise CliError(f"{state_path}: the run was started with {key}={saved_cfg.get(key)!r}, "
+                               f"not {getattr(cfg, key)!r}; resume with the same settings")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        g_data.set_state(state[f"g_data_{rank}"] if f"g_data_{rank}" in state else state["g_data_0"])
+        g_deg.set_state(state[f"g_deg_{rank}"] if f"g_deg_{rank}" in state else state["g_deg_0"])
+        step = int(state["step"])
+        best = float(state["best"]) if float(state["best"]) == float(state["best"]) else None
+        history = [float(v) for v in state["val_history"].tolist()]
+        log(f"resuming {run_dir} at step {step}")
+    elif state_path.exists():
+        raise CliError(f"{run_dir} already holds a training run", hint="add --resume to continue it, or choose another -o")
+
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps({**asdict(cfg), "train_images": names, "val_images": val_names,
+                                                         "world_size": world, "pool_fingerprint": pool_fp}, indent=2))
+
+    def meta_extra():
+        deg_opts = {k: v for k, v in dopts.items() if k != "kernels"}
+        return {"degradation": {"name": cfg.degradation, "options": deg_opts}, "pool": cfg.pool,
+                "pool_fingerprint": pool_fp, "step": step, "preset": cfg.preset, "loss": cfg.loss,
+                "val_psnr_y": history[-1] if history else None}
+
+    def save(kind: str) -> None:
+        # Every rank calls this (the generator states are gathered collectively); rank 0 writes.
+        gens = {}
+        if kind in ("latest", "both"):
+            if distributed:
+                import torch.distributed as dist
+
+                states = [None] * world
+                dist.all_gather_object(states, (g_data.get_state(), g_deg.get_state()))
+                for r, (a, b) in enumerate(states):
+                    gens[f"g_data_{r}"], gens[f"g_deg_{r}"] = a, b
+            else:
+                gens = {"g_data_0": g_data.get_state(), "g_deg_0": g_deg.get_state()}
+        if rank != 0:
+            return
+        extra = meta_extra()
+        if kind in ("latest", "both"):
+            state = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "step": torch.tensor(step),
+                "best": torch.tensor(float("nan") if best is None else best),
+                "val_history": torch.tensor(history, dtype=torch.float64),
+                "config_json": torch.tensor(list(json.dumps(asdict(cfg)).encode()), dtype=torch.uint8),
+                **gens,
+            }
+            _atomic_torch_save(state, state_path)
+            save_model(run_dir / "model.safetensors", model, backbone=cfg.backbone, scale=cfg.scale, extra=extra)
+        if kind in ("best", "both"):
+            save_model(run_dir / "best.safetensors", model, backbone=cfg.backbone, scale=cfg.scale, extra=extra)
+
+    def validate() -> float | None:
+        if not val_images:
+            return None
+        from kmsr_ops.resize import modcrop
+
+        g_val = torch.Generator().manual_seed(12345)
+        vals = []
+        model.eval()
+        with torch.no_grad():
+            for im in val_images:
+                im = modcrop(im, cfg.scale)
+                c = min(cfg.val_crop, im.shape[0], im.shape[1])
+                c -= c % multiple
+                top, left = (im.shape[0] - c) // 2, (im.shape[1] - c) // 2
+                hr = torch.from_numpy(np.ascontiguousarray(im[top : top + c, left : left + c].transpose(2, 0, 1)))
+                hr = hr[None].to(dev, torch.float32) / 255
+                x, y = degrade(hr, g_val)
+                vals.append(_y_psnr(model(x), y, cfg.scale))
+        model.train()
+        return float(np.mean(vals))
+
+    total_steps = cfg.epochs * cfg.iters_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, step + cfg.max_steps)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    model.train()
+    last_loss = float("nan")
+    while step < total_steps:
+        hr = sampler(per_rank_batch).to(dev, non_blocking=True).float().div_(255)
+        with torch.no_grad():
+            x, y = degrade(hr, g_deg)
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+            out = net(x)
+            loss = loss_fn(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        if scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        sched.step()
+        step += 1
+        last_loss = float(loss.detach())
+        losses.append(last_loss)
+        if not math.isfinite(last_loss):
+            raise CliError(f"training diverged at step {step} (loss {last_loss}); lower --lr", hint=None)
+        if on_step and rank == 0:
+            on_step({"step": step, "total": total_steps, "loss": last_loss, "lr": sched.get_last_lr()[0]})
+        end_of_epoch = step % cfg.iters_per_epoch == 0
+        if end_of_epoch:
+            v = validate()
+            if v is not None:
+                history.append(v)
+                improved = best is None or v > best
+                best = v if improved else best
+                if improved:
+                    save("best")
+            if rank == 0:
+                with open(run_dir / "log.jsonl", "a") as f:
+                    f.write(json.dumps({"epoch": step // cfg.iters_per_epoch, "step": step, "loss": last_loss,
+                                        "lr": sched.get_last_lr()[0], "val_psnr_y": v,
+                                        "seconds": round(time.perf_counter() - t0, 2)}) + "\n")
+            if on_epoch and rank == 0:
+                on_epoch({"epoch": step // cfg.iters_per_epoch, "val_psnr": v, "loss": last_loss})
+            save("latest")
+        elif cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            save("latest")
+    if step % cfg.iters_per_epoch:
+        save("latest")
+    return TrainResult(str(run_dir), step, step // cfg.iters_per_epoch, last_loss, best, history,
+                       round(time.perf_counter() - t0, 2), losses)

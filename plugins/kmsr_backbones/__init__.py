@@ -1,0 +1,166 @@
+"""Built-in plugin: super-resolution backbones (KMSR, SRCNN, VDSR, EDSR, D-DBPN).
+
+Registered through the ``kmsr`` entry-point group like any third-party plugin. Importing this
+package is cheap (torch loads when a network is built), so ``kmsr plugins`` stays quick.
+
+Each backbone's registry ``info`` says how it is fed and what it accepts:
+
+- ``input``: ``"upsampled"`` (the MATLAB-bicubic-upscaled image; output has the input's size)
+  or ``"lr"`` (the LR image; output is ``scale`` times larger);
+- ``channels``: ``"rgb"`` (3 channels) or ``"y"`` (1 channel: BT.601 studio-range Y in [0, 1],
+  as MATLAB ``rgb2ycbcr`` gives, i.e. values in [16/255, 235/255]);
+- ``scales``: the supported factors; ``receptive_field``: width in input pixels of the window one
+  output pixel depends on, for the default options (the largest over ``scales`` where it depends
+  on the scale; the built module's ``receptive_field`` is exact for its own options);
+  ``size_multiple``: input sides must be multiples of it (1 for every built-in);
+- ``options``: constructor options with their defaults.
+
+Factories are called as ``factory(scale=S, **options)`` and return a
+:class:`~kmsr_backbones.base.SRBackbone` (a ``torch.nn.Module`` mapping a float (N, C, H, W)
+tensor in [0, 1] to the output), which also carries ``scale``, ``options`` (resolved, enough to
+rebuild it), ``input_kind``, ``channels``, ``receptive_field`` and ``size_multiple``.
+
+``srcnn`` and ``vdsr`` also take ``weights=PATH`` to load the published weights (see
+:mod:`kmsr_backbones.published`; the files are not part of kmsr).
+"""
+
+from __future__ import annotations
+
+from kmsr_cli.hookspecs import hookimpl
+
+from . import receptive_field as rf
+
+# Option defaults, repeated here so that registering does not import torch; the tests check
+# that they match the network classes.
+KMSR_OPTIONS = {"variant": "edsr", "blocks": 16, "filters": 64, "res_scale": 1.0}
+SRCNN_OPTIONS = {"variant": "955", "padding": "replicate"}
+VDSR_OPTIONS = {"layers": 20, "filters": 64}
+EDSR_OPTIONS = {"blocks": 16, "filters": 64, "res_scale": 1.0}
+DBPN_OPTIONS = {"variant": "d-dbpn", "stages": 7, "filters": 64, "feat": 256}
+DBPN_PROJECTION = {2: (6, 2, 2), 4: (8, 4, 2), 8: (12, 8, 2)}
+
+_LAZY = {
+    "SRBackbone": "base",
+    "KMSRNet": "kmsr_net",
+    "SRCNN": "srcnn",
+    "VDSR": "vdsr",
+    "EDSR": "edsr",
+    "DBPN": "dbpn",
+    "load_srcnn_weights": "published",
+    "load_vdsr_weights": "published",
+}
+
+__all__ = [*_LAZY, "make_kmsr", "make_srcnn", "make_vdsr", "make_edsr", "make_dbpn"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------- factories
+
+
+def make_kmsr(scale: int | None = None, **options):
+    """The paper's network; options ``variant`` (``edsr``/``release``), ``blocks``, ``filters``, ``res_scale``."""
+    from .kmsr_net import KMSRNet
+
+    return KMSRNet(scale, **options)
+
+
+def _check_weights_options(path, model, options: dict) -> None:
+    from kmsr_ops.errors import KmsrInputError
+
+    for k, v in options.items():
+        if model.options.get(k) != v:
+            raise KmsrInputError(f"{k}: the weights in {path} are for {k}={model.options.get(k)!r}, found {k}={v!r}")
+
+
+def make_srcnn(scale: int | None = None, *, weights=None, **options):
+    """SRCNN; options ``variant`` (``955``/``915``), ``padding`` (``replicate``/``zero``), ``weights`` (a published .npz)."""
+    if weights is not None:
+        from .published import load_srcnn_weights
+
+        model = load_srcnn_weights(weights, scale=scale, padding=options.get("padding", "replicate"))
+        _check_weights_options(weights, model, options)
+        return model
+    from .srcnn import SRCNN
+
+    return SRCNN(scale, **options)
+
+
+def make_vdsr(scale: int | None = None, *, weights=None, **options):
+    """VDSR; options ``layers``, ``filters``, ``weights`` (the published .npz)."""
+    if weights is not None:
+        from .published import load_vdsr_weights
+
+        model = load_vdsr_weights(weights, scale=scale)
+        _check_weights_options(weights, model, options)
+        return model
+    from .vdsr import VDSR
+
+    return VDSR(scale, **options)
+
+
+def make_edsr(scale: int = 4, **options):
+    """EDSR (baseline by default); options ``blocks``, ``filters``, ``res_scale``."""
+    from .edsr import EDSR
+
+    return EDSR(scale, **options)
+
+
+def make_dbpn(scale: int = 4, **options):
+    """D-DBPN; options ``variant`` (``d-dbpn``/``small``), ``stages``, ``filters``, ``feat``."""
+    from .dbpn import DBPN
+
+    return DBPN(scale, **options)
+
+
+@hookimpl
+def kmsr_register_backbones(register):
+    register(
+        "kmsr",
+        make_kmsr,
+        description="KMSR network: residual blocks restoring the bicubic-upscaled RGB image "
+        "(variant 'edsr' with a global skip by default, or the release's 'release')",
+        input="upsampled", channels="rgb", scales=[2, 3, 4],
+        receptive_field=rf.kmsr_rf(KMSR_OPTIONS["blocks"]), size_multiple=1,
+        options=dict(KMSR_OPTIONS), variants=["edsr", "release"],
+    )
+    register(
+        "srcnn",
+        make_srcnn,
+        description="SRCNN 9-5-5 (or 9-1-5, the published weights) on the Y of the bicubic-upscaled image",
+        input="upsampled", channels="y", scales=[2, 3, 4],
+        receptive_field=rf.srcnn_rf(5), size_multiple=1,
+        options={**SRCNN_OPTIONS, "weights": None}, variants=["955", "915"],
+        published_weights="srcnn_915_x{2,3,4}_oihw.npz (weights=PATH)",
+    )
+    register(
+        "vdsr",
+        make_vdsr,
+        description="VDSR: 20 bias-free 3x3 convs with a global residual, Y of the bicubic-upscaled image",
+        input="upsampled", channels="y", scales=[2, 3, 4],
+        receptive_field=rf.vdsr_rf(VDSR_OPTIONS["layers"]), size_multiple=1,
+        options={**VDSR_OPTIONS, "weights": None},
+        published_weights="vdsr_model_epoch_50_state_dict.npz (weights=PATH)",
+    )
+    register(
+        "edsr",
+        make_edsr,
+        description="EDSR-baseline: residual blocks and a pixel-shuffle upsampler on the LR RGB image",
+        input="lr", channels="rgb", scales=[2, 3, 4],
+        receptive_field=max(rf.edsr_rf(s, EDSR_OPTIONS["blocks"]) for s in (2, 3, 4)), size_multiple=1,
+        options=dict(EDSR_OPTIONS),
+    )
+    register(
+        "dbpn",
+        make_dbpn,
+        description="D-DBPN: dense up/down back-projection units on the LR RGB image ('small' variant for CPUs)",
+        input="lr", channels="rgb", scales=[2, 4, 8],
+        receptive_field=max(rf.dbpn_rf(s, DBPN_OPTIONS["stages"], *DBPN_PROJECTION[s]) for s in (2, 4, 8)),
+        size_multiple=1, options=dict(DBPN_OPTIONS), variants=["d-dbpn", "small"],
+    )

@@ -1,0 +1,106 @@
+"""Loaders for the published SRCNN and VDSR weights (not shipped with kmsr: pass the file path).
+
+- SRCNN 9-1-5 (Dong et al. 2014), one ``.npz`` per scale with keys ``conv{1,2,3}.{weight,bias}``
+  (float32, PyTorch OIHW layout), e.g. ``srcnn_915_x3_oihw.npz``. A file whose ``conv2`` is 5x5
+  loads as the 9-5-5 network.
+- VDSR (Kim et al. 2016, the PyTorch re-training of twtygqyy/pytorch-vdsr), one ``.npz`` for all
+  scales with keys ``input.weight``, ``residual_layer.{0..17}.conv.weight``, ``output.weight``.
+
+Both take Y (BT.601 studio range, MATLAB ``rgb2ycbcr``) in [0, 1] of the MATLAB-bicubic-upscaled
+image and return Y in [0, 1]; clip to [0, 1] before measuring. A missing, corrupt or foreign file
+raises :class:`KmsrInputError` naming the file and what was expected. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kmsr_ops.errors import KmsrInputError
+
+from .srcnn import SRCNN
+from .vdsr import VDSR
+
+_SCALE_IN_NAME = re.compile(r"(?:^|[_\-.])x([234])(?:[_\-.]|$)")
+
+
+def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, without pickles; errors name the file."""
+    p = Path(path)
+    if not p.exists():
+        raise KmsrInputError(f"{p}: no such file (expected {what})")
+    if p.is_dir():
+        raise KmsrInputError(f"{p}: is a folder, expected {what} (.npz)")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: np.asarray(z[k]) for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise KmsrInputError(f"{p}: not a readable .npz file ({type(exc).__name__}: {exc}); expected {what}") from None
+
+
+def _check_arrays(path, arrays: dict[str, np.ndarray], expected: dict[str, tuple], what: str) -> None:
+    missing = [k for k in expected if k not in arrays]
+    if missing:
+        found = ", ".join(sorted(arrays)[:6]) + (" ..." if len(arrays) > 6 else "")
+        raise KmsrInputError(f"{path}: not {what}: missing {', '.join(missing[:4])}"
+                             f"{' ...' if len(missing) > 4 else ''} (found keys: {found or 'none'})")
+    for k, shape in expected.items():
+        a = arrays[k]
+        if tuple(a.shape) != shape:
+            raise KmsrInputError(f"{path}: {k} has shape {tuple(a.shape)}, expected {shape} for {what}")
+        if a.dtype.kind != "f":
+            raise KmsrInputError(f"{path}: {k} has dtype {a.dtype}, expected floating point")
+        if not np.isfinite(a).all():
+            raise KmsrInputError(f"{path}: {k} holds NaN or Inf values")
+
+
+def scale_from_name(path: str | os.PathLike) -> int | None:
+    """The scale a file name announces (``..._x3_...``), or None."""
+    m = _SCALE_IN_NAME.search(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def load_srcnn_weights(path: str | os.PathLike, *, scale: int | None = None, padding: str = "replicate") -> SRCNN:
+    """SRCNN with the published weights in ``path`` (evaluation mode, float32, on the CPU).
+
+    :param scale: recorded on the model; default: read from the file name (``_x3_``), else None.
+    :param padding: ``replicate`` (the convention the published figures are measured with) or ``zero``.
+    """
+    what = "SRCNN weights (conv{1,2,3}.{weight,bias})"
+    arrays = read_npz(path, what)
+    k2 = arrays["conv2.weight"].shape[-1] if "conv2.weight" in arrays and arrays["conv2.weight"].ndim == 4 else 1
+    variant = {1: "915", 5: "955"}.get(k2)
+    if variant is None:
+        raise KmsrInputError(f"{path}: conv2 is {k2}x{k2}; expected 1x1 (SRCNN 9-1-5) or 5x5 (9-5-5)")
+    expected = {
+        "conv1.weight": (64, 1, 9, 9), "conv1.bias": (64,),
+        "conv2.weight": (32, 64, k2, k2), "conv2.bias": (32,),
+        "conv3.weight": (1, 32, 5, 5), "conv3.bias": (1,),
+    }
+    _check_arrays(path, arrays, expected, what)
+    model = SRCNN(scale if scale is not None else scale_from_name(path), variant=variant, padding=padding)
+    model.load_state_dict({k: torch.from_numpy(arrays[k].astype(np.float32)) for k in expected})
+    return model.eval()
+
+
+def load_vdsr_weights(path: str | os.PathLike, *, scale: int | None = None) -> VDSR:
+    """VDSR (20 layers, 64 channels) with the published weights in ``path`` (evaluation mode, CPU).
+
+    :param scale: recorded on the model (the weights serve x2, x3 and x4); default None.
+    """
+    what = "VDSR weights (input.weight, residual_layer.{0..17}.conv.weight, output.weight)"
+    arrays = read_npz(path, what)
+    expected = {"input.weight": (64, 1, 3, 3)}
+    expected.update({f"residual_layer.{i}.conv.weight": (64, 64, 3, 3) for i in range(18)})
+    expected["output.weight"] = (1, 64, 3, 3)
+    _check_arrays(path, arrays, expected, what)
+    model = VDSR(scale, layers=20, filters=64)
+    state = {"head.weight": arrays["input.weight"], "tail.weight": arrays["output.weight"]}
+    state.update({f"body.{i}.weight": arrays[f"residual_layer.{i}.conv.weight"] for i in range(18)})
+    model.load_state_dict({k: torch.from_numpy(v.astype(np.float32)) for k, v in state.items()})
+    return model.eval()

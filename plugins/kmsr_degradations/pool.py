@@ -1,0 +1,120 @@
+"""``pool``: the paper's training degradation, ``x0 = y * k0`` with k0 drawn from a kernel pool.
+
+Per sample, a kernel is drawn uniformly from the pool on every call and convolved with the HR
+patch at HR size (``kmsr_ops.blur``: one batched call, no loop over samples). The same kernel
+blurs the three RGB channels of a sample: KMSR.md's "per sample, per RGB channel" is read as the
+2-D kernel being applied to each channel, which is what a physical blur does and what kernels
+estimated on greyscale photos describe; ``per_channel=True`` draws an independent kernel for each
+channel instead. Borders are reflected by default (the release zero-padded, darkening edges;
+``boundary="zero"`` reproduces it).
+
+For ``input="lr"`` backbones the blurred patch is decimated by the scale (see
+:mod:`kmsr_degradations.decimation` for the phase); for ``input="upsampled"`` it is the network
+input as it is, as in the paper.
+
+The pool comes from the caller, because a plugin does not read kmsr's files: ``kernels`` is an
+(N, K, K) array or tensor (K odd, each summing to 1), or a zero-argument callable returning one,
+called once on first use (e.g. ``lambda: KernelSet(path).kernels()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from kmsr_ops.blur import blur
+from kmsr_ops.errors import KmsrInputError
+
+from .base import BOUNDARIES, Degradation, check_choice, randint
+from .decimation import decimate, half_pixel_kernels, needs_even_kernel
+
+_SUM_ATOL = 1e-3
+
+
+def as_kernel_tensor(kernels, name: str = "kernels") -> torch.Tensor:
+    """(N, K, K) float64 CPU tensor of valid pool kernels (odd K, finite, >= 0, sum 1)."""
+    if isinstance(kernels, torch.Tensor):
+        k = kernels.detach().to("cpu", torch.float64)
+    else:
+        try:
+            k = torch.from_numpy(np.array(kernels, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise KmsrInputError(f"{name}: expected an (N, K, K) array of kernels, found {type(kernels).__name__} ({exc})") from None
+    if k.ndim != 3 or k.shape[0] == 0 or k.shape[1] != k.shape[2]:
+        raise KmsrInputError(f"{name}: expected a non-empty (N, K, K) stack of square kernels, found shape {tuple(k.shape)}")
+    if k.shape[1] % 2 == 0:
+        raise KmsrInputError(f"{name}: expected odd-sized kernels centred on a pixel, found size {k.shape[1]}")
+    if not bool(torch.isfinite(k).all()):
+        raise KmsrInputError(f"{name}: expected finite values, found NaN or Inf")
+    if float(k.min()) < -1e-6:
+        raise KmsrInputError(f"{name}: expected non-negative kernels, found a minimum of {float(k.min()):.3g}")
+    sums = k.sum(dim=(1, 2))
+    bad = int(torch.argmax((sums - 1).abs()))
+    if abs(float(sums[bad]) - 1) > _SUM_ATOL:
+        raise KmsrInputError(f"{name}[{bad}]: expected a kernel summing to 1, found sum {float(sums[bad]):.6g}")
+    return k
+
+
+class PoolDegradation(Degradation):
+    name = "pool"
+    needs_kernels = True
+    decimates = False  # at HR size, except for LR-input backbones
+
+    def __init__(self, scale: int, input: str = "upsampled", channels: str = "rgb", *,  # noqa: A002
+                 kernels: np.ndarray | torch.Tensor | Callable | None = None, boundary: str = "reflect",
+                 per_channel: bool = False, pool_scale: int | None = None):
+        super().__init__(scale, input, channels)
+        if kernels is None:
+            raise KmsrInputError("kernels: the pool degradation needs the pool's kernels (an (N, K, K) array or a loader)")
+        if pool_scale is not None and pool_scale != self.scale:
+            raise KmsrInputError(f"pool_scale: the pool was made for x{pool_scale}, but the degradation is for x{self.scale}")
+        self.boundary = check_choice("boundary", boundary, BOUNDARIES)
+        self.per_channel = bool(per_channel)
+        self._source = kernels
+        self._kernels: torch.Tensor | None = None  # CPU float64, validated
+        self._cache: dict = {}
+
+    @property
+    def kernels(self) -> torch.Tensor:
+        """The pool, (N, K, K) float64 on the CPU (loaded on first use)."""
+        if self._kernels is None:
+            src = self._source() if callable(self._source) else self._source
+            self._kernels = as_kernel_tensor(src)
+            self._source = None
+        return self._kernels
+
+    def options(self) -> dict:
+        k = self.kernels
+        return {"boundary": self.boundary, "per_channel": self.per_channel,
+                "kernel_count": int(k.shape[0]), "kernel_size": int(k.shape[1])}
+
+    def _kernels_on(self, device, dtype) -> torch.Tensor:
+        """The pool as used for blurring: on ``device`` in ``dtype``, half-pixel shifted for even LR scales."""
+        key = (str(device), dtype)
+        if key not in self._cache:
+            k = self.kernels
+            if (self.decimates or self.input == "lr") and needs_even_kernel(self.scale):
+                k = half_pixel_kernels(k)
+            self._cache[key] = k.to(device=device, dtype=dtype)
+        return self._cache[key]
+
+    def sample(self, shape, generator=None, device=None) -> dict:
+        b = shape[0]
+        n = self.kernels.shape[0]
+        return {"index": randint(b * 3 if self.per_channel else b, n, generator, device or "cpu")}
+
+    def blur(self, hr: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``hr`` blurred with pool kernels ``index`` (one per sample, or per sample and channel)."""
+        ks = self._kernels_on(hr.device, hr.dtype)[index.to(hr.device)]
+        if self.per_channel:
+            b, c, h, w = hr.shape
+            return blur(hr.reshape(b * c, 1, h, w), ks, self.boundary).reshape(b, c, h, w)
+        return blur(hr, ks, self.boundary)
+
+    def apply(self, hr, params):
+        x = self.blur(hr, params["index"])
+        if self.decimates or self.input == "lr":
+            x = decimate(x, self.scale)
+        return self.finish(x, hr)
