@@ -60,6 +60,9 @@ def _register_commands() -> None:
     app.add_typer(pool_cmd.app, name="pool")
     app.command("train")(train_cmd.train)
     app.command("sr")(sr_cmd.sr)
+    from .commands import bench_cmd
+
+    app.add_typer(bench_cmd.app, name="bench")
 
 
 _register_commands()

@@ -1,0 +1,184 @@
+"""``kmsr bench``: image quality of SR models on the paper's test sets, and the speed benchmarks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..console import emit_json, err, make_progress
+from ..errors import CliError
+from ..options import DeviceOpt, JsonOpt
+
+app = typer.Typer(
+    help="Benchmarks: SR quality on the paper's test sets (quality), and the speed benchmarks of benchmarks/ (ops).",
+    no_args_is_help=True,
+)
+
+
+def _print_table(table) -> None:
+    """A table on stdout; piped into a file it keeps its natural width instead of wrapping at 80."""
+    from rich.measure import Measurement
+
+    console = Console(soft_wrap=False)
+    if not console.is_terminal:
+        console = Console(soft_wrap=False, width=max(80, Measurement.get(console, console.options.update_width(10_000), table).maximum))
+    console.print(table)
+
+
+@app.command("quality")
+def quality(
+    hr: Annotated[
+        list[str],
+        typer.Option("--hr", help="HR test images: files, folders (searched recursively) or globs; repeatable."),
+    ],
+    models: Annotated[
+        list[str],
+        typer.Option(
+            "--models",
+            help="Comma-separated, repeatable: bicubic; NAME (kmsr's shipped model for each scale); "
+            "NAME:WEIGHTS (published weights, e.g. vdsr:vdsr.npz); [NAME:]RUN/model.safetensors (a checkpoint, "
+            "reported as NAME); {s} in a path stands for the scale; LABEL=SPEC renames.",
+        ),
+    ],
+    scales: Annotated[list[str], typer.Option("--scales", help="Comma-separated SR scales, e.g. 2,4.")] = ["2", "4"],  # noqa: B006
+    kernels: Annotated[
+        list[str],
+        typer.Option(
+            "--kernels",
+            help="Comma-separated test sets: bicubic (MATLAB, anti-aliased), gSIGMA (isotropic Gaussian, e.g. g1.6, "
+            "then decimation), [NAME=]FILE.npy ((N, K, K) kernels; image i uses kernel i mod N; {s} = scale).",
+        ),
+    ] = ["bicubic,g1.25,g1.6,g1.7"],  # noqa: B006
+    device: DeviceOpt = "auto",
+    tile: Annotated[int, typer.Option("--tile", help="Tile size in output pixels (0 = whole image); tiles are exact.", min=0)] = 512,
+    round_lr: Annotated[
+        bool, typer.Option("--round-lr", help="Round the LR images to the HR bit depth, as a saved LR PNG would be.")
+    ] = False,
+    out_images: Annotated[
+        Path | None,
+        typer.Option("--out-images", help="Also write every LR and SR image to DIR/KERNEL/xS/{_lr,MODEL}/IMAGE.png."),
+    ] = None,
+    json: JsonOpt = False,
+    csv: Annotated[bool, typer.Option("--csv", help="Print CSV, one row per image, model, test set and scale.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown (best per column in bold).")] = False,
+) -> None:
+    """Y-PSNR and SSIM of SR models on LR test sets made from HR images (KMSR's Table 1 protocol).
+
+    Each HR image is cropped to a multiple of the scale, then degraded into one LR image per test
+    set: MATLAB bicubic, or a blur followed by decimation on MATLAB's pixel grid (no sub-pixel
+    shift between the bicubic-upscaled LR image and the HR). The LR images stay float (clipped to
+    [0, 1], not rounded; --round-lr rounds them). Every model is fed by its own convention
+    (upscaled or LR input, RGB or Y with bicubic chroma); its output is rounded to the HR's bit
+    depth and compared on the Y channel (BT.601) with `scale` pixels shaved from each border.
+
+    Unseen kernels: a .npy stack of N kernels blurs image i with kernel i mod N. Kernels made
+    for one scale need one file per scale, e.g. DIV2KRK's
+    `div2krk=../shared/data/kernels/div2krk/div2krk_gt_k_x{s}.npy`. Published SRCNN ships one
+    weight file per scale: `srcnn:weights/srcnn_915_x{s}_oihw.npz`. A checkpoint serves only
+    its own scale; scale-agnostic weights (VDSR) serve every scale.
+
+    Output: a table on stdout (best per column marked *), or --markdown, --csv, --json
+    (`{"results": [{"image", "model", "kernel", "scale", "psnr", "ssim"}], "summary": [...]}`).
+
+    Examples:
+
+        kmsr bench quality --hr Set5/ --scales 2,4 --models bicubic,vdsr:vdsr.npz,kmsr
+
+        kmsr bench quality --hr Set5/ --scales 3 --kernels bicubic,g1.6 --models bicubic,srcnn:srcnn_915_x{s}_oihw.npz --markdown
+
+        kmsr bench quality --hr val/ --scales 2,4 --kernels div2krk=kernels/div2krk_gt_k_x{s}.npy --models ours:runs/x{s}/model.safetensors --json
+    """
+    from kmsr_ops.backend import resolve_device
+
+    from ..bench import (
+        load_hr,
+        parse_kernels,
+        parse_models,
+        parse_scales,
+        render_csv,
+        render_markdown,
+        rich_table,
+        run_quality,
+    )
+
+    if sum((json, csv, markdown)) > 1:
+        raise typer.BadParameter("choose one of --json, --csv, --markdown", param_hint="--json/--csv/--markdown")
+    scale_list = parse_scales(scales)
+    kernel_specs = parse_kernels(kernels)
+    model_specs = parse_models(models)
+    images = load_hr(hr)
+    dev = resolve_device(device)
+    total = len(scale_list) * len(kernel_specs) * len(images) * len(model_specs)
+    with make_progress(json_mode=json) as prog:
+        task = prog.add_task("SR + metrics", total=total)
+
+        def on_set(s, ks, summary):
+            if json:  # --json promises a quiet stderr; the other formats write to stdout only
+                return
+            best = max(summary, key=lambda r: r["psnr"])
+            prog.console.print(f"x{s} {escape(ks.name)}: {len(images)} image{'s' if len(images) != 1 else ''}; best {escape(best['model'])} "
+                               f"{best['psnr']:.2f} dB", highlight=False)
+
+        report = run_quality(images, scale_list, kernel_specs, model_specs, device=dev, tile=tile, round_lr=round_lr,
+                             out_images=out_images, on_step=lambda: prog.advance(task), on_set=on_set)
+    if json:
+        emit_json(report.document())
+    elif csv:
+        sys.stdout.write(render_csv(report.results))
+    elif markdown:
+        sys.stdout.write(render_markdown(report.summary, len(images)))
+    else:
+        _print_table(rich_table(report.summary, len(images)))
+    if out_images is not None:
+        err.print(f"images written under {escape(str(out_images))}", highlight=False)
+
+
+@app.command("ops")
+def ops(
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Run only these benchmarks (comma-separated, repeatable), e.g. --only blur."),
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer repeats / smaller cases: a smoke run, noisy ratios.")] = False,
+    bench_dir: Annotated[
+        Path | None, typer.Option("--dir", help="The benchmarks/ folder (default: the one in kmsr's source tree).")
+    ] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds allowed per benchmark.", min=1)] = 3600,
+    json: JsonOpt = False,
+) -> None:
+    """Run the speed benchmarks of benchmarks/ and print one table of their ratios (baseline / ours).
+
+    Each benchmark runs as `python benchmarks/NAME.py --json` in its own process (its progress
+    goes to stderr); the ratios are those the benchmark measured against its baseline in the
+    same run. Quality benchmarks (kernel estimation on Levin, GAN quality) are not run. The
+    benchmarks ship with the source tree: install kmsr from a clone (`pip install -e .`).
+
+    Examples:
+
+        kmsr bench ops
+        kmsr bench ops --only blur --quick --json
+    """
+    from ..bench_ops import find_benchmarks_dir, ops_table, run_ops, select
+
+    root = find_benchmarks_dir(bench_dir)
+    chosen = select(root, only)
+    with make_progress(json_mode=json) as prog:
+        task = prog.add_task("benchmarks", total=len(chosen))
+
+        def on_done(name, result):
+            prog.advance(task)
+            if result.get("error"):
+                prog.console.print(f"[red]{escape(name)} failed:[/] {escape(result['error'])}", highlight=False)
+
+        report = run_ops(root, chosen, quick=quick, timeout=timeout, on_done=on_done)
+    if json:
+        emit_json(report)
+    else:
+        _print_table(ops_table(report))
+    if any(b.get("error") for b in report["benchmarks"]):
+        raise CliError("some benchmarks failed: " + ", ".join(b["name"] for b in report["benchmarks"] if b.get("error")))
