@@ -78,6 +78,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # iterations; 0 = at the end of each epoch only
     val_crop: int = 256
     max_steps: int | None = None  # stop after this many steps (tests, smoke runs)
+    time_budget: float | None = None  # seconds of training; stop (and checkpoint) when spent
 
     def resolve(self) -> "TrainConfig":
         if self.preset not in PRESETS:
@@ -404,6 +405,15 @@ def run_training(cfg: TrainConfig, host, *, on_step: Callable[[dict], None] | No
     model.train()
     last_loss = float("nan")
     while step < total_steps:
+        if cfg.time_budget is not None:
+            spent = torch.tensor([float(time.perf_counter() - t0 >= cfg.time_budget)])
+            if distributed:  # every rank must stop at the same step
+                import torch.distributed as dist
+
+                dist.all_reduce(spent, op=dist.ReduceOp.MAX)
+            if spent.item():
+                log(f"time budget of {cfg.time_budget:.0f} s spent at step {step}; stopping")
+                break
         hr = sampler(per_rank_batch).to(dev, non_blocking=True).float().div_(255)
         with torch.no_grad():
             x, y = degrade(hr, g_deg)

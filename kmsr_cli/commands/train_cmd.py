@@ -46,6 +46,7 @@ def train(
     option: Annotated[list[str] | None, typer.Option("--option", help="Backbone option KEY=VALUE, e.g. blocks=4 filters=32; repeatable.")] = None,
     degradation_option: Annotated[list[str] | None, typer.Option("--degradation-option", help="Degradation option KEY=VALUE; repeatable.")] = None,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Also checkpoint every N steps (0: each epoch).", min=0)] = 0,
+    time_budget: Annotated[float | None, typer.Option("--time-budget", help="Stop after this many minutes of training (a checkpoint is written); the schedule still follows --epochs.", min=0)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the folder from its last checkpoint.")] = False,
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (float16 on CUDA, bfloat16 on CPU).")] = False,
     device: DeviceOpt = "auto",
@@ -76,7 +77,7 @@ def train(
         pool=str(pool) if pool else None, data=list(data or []), val=list(val or []), preset=preset,
         patch=patch, batch=batch, epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr,
         lr_step_epochs=lr_halve_every, loss=loss, seed=seed, device=resolve_device(device), amp=amp,
-        checkpoint_every=checkpoint_every,
+        checkpoint_every=checkpoint_every, time_budget=time_budget * 60 if time_budget is not None else None,
     ).resolve()
     if lr_halve_every is not None:
         cfg.lr_gamma = 0.5
