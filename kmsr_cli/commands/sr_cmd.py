@@ -91,6 +91,8 @@ def sr(
                                        bit_depth=img.bit_depth,
                                        on_tile=lambda k, n: prog.update(t_tiles, completed=k, total=n))
                 target = _target(inp, out, many, s)
+                if target != "-":
+                    Path(target).parent.mkdir(parents=True, exist_ok=True)
                 write_png(target, pixels, bit_depth=img.bit_depth)
                 h, w = pixels.shape[:2]
                 results.append({"input": inp if inp != "-" else "<stdin>", "output": target, "width": w, "height": h,
