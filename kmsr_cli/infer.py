@@ -14,11 +14,21 @@ scale maps output pixel i of a crop starting at LR row r to global output pixel 
 the crop's interior is the global result. Nothing image-sized is ever held in float: the
 output is quantised tile by tile into an integer buffer, which keeps a 4096x4096 input within
 a few GB.
+
+On the CPU the network runs on the fastest path that reproduces PyTorch eager (to 1e-4 on a
+probe input, checked once per model): ONNX Runtime when it is installed (``pip install
+'kmsr[fast]'``), else PyTorch with channels-last tensors; ``fast=False`` or the environment
+variable ``KMSR_SR_FAST=0`` keeps plain eager. ``benchmarks/infer.py`` measures the paths.
 """
 
 from __future__ import annotations
 
+import copy
+import io
+import logging
 import math
+import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -32,6 +42,12 @@ from kmsr_ops.resize import imresize
 # pixels on each side; 3 leaves a safety pixel.
 _BICUBIC_MARGIN = 3
 
+log = logging.getLogger("kmsr.infer")
+
+FAST_ENV = "KMSR_SR_FAST"  # "0" keeps PyTorch eager on the CPU
+FAST_ATOL = 1e-4  # a fast path must match eager to this on the probe input
+_PROBE_SIDE = 40
+
 
 @dataclass
 class SRModel:
@@ -44,6 +60,8 @@ class SRModel:
     receptive_field: int = 0  # in network-input pixels (0 = unknown)
     name: str = "model"
     meta: dict = field(default_factory=dict)
+    # The fast CPU runner, built once per model (export and check cost a second or two).
+    _fast: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.input not in ("upsampled", "lr"):
@@ -88,9 +106,13 @@ def _rgb(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]:
 
 
 class _Runner:
-    """Runs the network on float32 (1, C, h, w) arrays on a device, in eval mode, without autograd."""
+    """Runs the network on float32 (1, C, h, w) arrays on a device, in eval mode, without autograd.
 
-    def __init__(self, model: SRModel, device: str, half: bool):
+    ``backend`` says which path runs: ``eager``, or on the CPU with ``fast`` one of
+    :data:`FAST_BACKENDS` (see :func:`_fast_cpu_runner`).
+    """
+
+    def __init__(self, model: SRModel, device: str, half: bool, fast: bool | None = None):
         import torch
 
         if half and not str(device).startswith("cuda"):
@@ -99,13 +121,120 @@ class _Runner:
         self.device = torch.device(device)
         self.dtype = torch.float16 if half else torch.float32
         self.module = model.module.to(self.device).to(self.dtype).eval()
+        self.backend = "eager"
+        self._fast = None
+        if fast is None:
+            fast = self.device.type == "cpu" and os.environ.get(FAST_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+        if fast:
+            if self.device.type != "cpu":
+                log.info("the fast inference path is for the CPU; running PyTorch eager on %s", self.device)
+            else:
+                self._fast, self.backend = _fast_cpu_runner(model, self.module)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self._fast is not None:
+            return self._fast(np.ascontiguousarray(x, dtype=np.float32))
         torch = self.torch
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device, self.dtype)
             y = self.module(t)
             return y.float().cpu().numpy()
+
+
+class _OrtRunner:
+    """The network exported to ONNX (height and width left free) and run by ONNX Runtime."""
+
+    def __init__(self, module, channels: int):
+        import onnxruntime as ort
+        import torch
+
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            # The TorchScript exporter needs only ``onnx`` (the dynamo one also needs onnxscript).
+            # Its deprecation notice and tracer/constant-folding remarks are not for the user:
+            # the exported network is checked against eager before it is used.
+            warnings.simplefilter("ignore")
+            with torch.no_grad():
+                torch.onnx.export(module, torch.zeros(1, channels, _PROBE_SIDE, _PROBE_SIDE), buf, dynamo=False,
+                                  input_names=["x"], output_names=["y"], opset_version=17,
+                                  dynamic_axes={"x": {2: "h", 3: "w"}, "y": {2: "oh", 3: "ow"}})
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = torch.get_num_threads()  # honour OMP_NUM_THREADS / torch's setting
+        so.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"x": x})[0]
+
+
+class _ChannelsLastRunner:
+    """PyTorch with NHWC tensors and weights: oneDNN's convolutions without layout reorders."""
+
+    def __init__(self, module, channels: int):
+        import torch
+
+        self.torch = torch
+        self.module = copy.deepcopy(module).to(memory_format=torch.channels_last)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            y = self.module(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+            return y.float().contiguous().numpy()
+
+
+FAST_BACKENDS = {"onnxruntime": _OrtRunner, "channels_last": _ChannelsLastRunner}
+
+
+def _weights_key(module) -> tuple:
+    # Changes when a weight is replaced or modified in place (torch bumps _version), so a
+    # cached fast runner never runs stale weights.
+    import torch
+
+    return (torch.get_num_threads(),) + tuple((t.data_ptr(), t._version) for t in module.state_dict().values())
+
+
+def _fast_cpu_runner(model: SRModel, module):
+    """(runner, name) for the first fast CPU path that builds and matches eager; (None, "eager") if none."""
+    import torch
+
+    key = _weights_key(module)
+    cached = model._fast.get("cpu")
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    cin = 1 if model.channels == "y" else 3
+    probe = np.random.default_rng(0).random((1, cin, _PROBE_SIDE, _PROBE_SIDE), dtype=np.float32)
+    with torch.inference_mode():
+        want = module(torch.from_numpy(probe)).float().numpy()
+    runner, name, skipped = None, "eager", []
+    for cand, build in FAST_BACKENDS.items():
+        try:
+            r = build(module, cin)
+            got = np.asarray(r(probe))
+        except ImportError as exc:
+            what = "is not installed" if exc.name in (None, cand) else f"needs {exc.name}, which is not installed"
+            skipped.append(f"{cand} {what} (pip install 'kmsr[fast]')")
+            continue
+        except Exception as exc:  # noqa: BLE001 - whatever breaks a fast path, the next one (or eager) runs
+            skipped.append(f"{cand} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            continue
+        diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+        if not diff <= FAST_ATOL:
+            skipped.append(f"{cand} differs from eager by {diff:.3g} (more than {FAST_ATOL:g})")
+            continue
+        runner, name = r, cand
+        break
+    if skipped:
+        log.info("fast CPU inference for %s: %s; using %s", model.name, "; ".join(skipped),
+                 name if runner is not None else "PyTorch eager")
+    model._fast["cpu"] = (key, runner, name)
+    return runner, name
+
+
+def inference_backend(model: SRModel, device: str = "cpu", fast: bool | None = None) -> str:
+    """The path :func:`super_resolve` runs ``model`` on: ``eager`` or a :data:`FAST_BACKENDS` name."""
+    return _Runner(model, device, False, fast).backend
 
 
 def super_resolve(
@@ -118,10 +247,13 @@ def super_resolve(
     half: bool = False,
     bit_depth: int = 8,
     on_tile: Callable[[int, int], None] | None = None,
+    fast: bool | None = None,
 ) -> np.ndarray:
     """Super-resolve one image (H, W, C) float in [0, 1]; returns (sH, sW, C) uint8/uint16.
 
-    Grey images come back grey, RGBA keeps its alpha (upscaled bicubically).
+    Grey images come back grey, RGBA keeps its alpha (upscaled bicubically). ``fast`` (default:
+    on for the CPU unless ``KMSR_SR_FAST=0``) runs the network on the fastest CPU path that
+    matches eager (see the module docstring).
     """
     if overlap < 0:
         raise KmsrInputError(f"tile-overlap: expected >= 0, found {overlap}")
@@ -140,7 +272,7 @@ def super_resolve(
     dtype = np.uint8 if bit_depth == 8 else np.uint16
     maxval = float(np.iinfo(dtype).max)
     out = np.empty((out_h, out_w, out_c + (alpha is not None)), dtype=dtype)
-    run = _Runner(model, device, half)
+    run = _Runner(model, device, half, fast)
     if model.input == "lr" and tile:
         tile = max(s, tile - tile % s)  # LR-input tiles start on LR pixel boundaries
     tiles = plan_tiles(out_h, out_w, tile)
