@@ -58,11 +58,17 @@ def _register_commands() -> None:
     app.command("plugins")(plugins_cmd.plugins)
     app.command("estimate")(estimate_cmd.estimate)
     app.add_typer(pool_cmd.app, name="pool")
+    from .commands import gan_cmd
+
+    app.add_typer(gan_cmd.app, name="gan")
     app.command("train")(train_cmd.train)
     app.command("sr")(sr_cmd.sr)
     from .commands import bench_cmd
 
     app.add_typer(bench_cmd.app, name="bench")
+    from .commands import demo_cmd
+
+    app.command("demo")(demo_cmd.demo)
 
 
 _register_commands()

@@ -288,8 +288,31 @@ class KernelSet:
         self.close()
 
 
-def merge_kernel_sets(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, description: str = "") -> Path:
-    """Concatenate kernel sets of one scale and kernel size into a new file."""
+def resize_kernels(kernels: np.ndarray, size: int, *, source: str = "kernels") -> np.ndarray:
+    """Bring (N, K, K) kernels to (N, size, size): centre crop (renormalised) or zero padding.
+
+    Kernels are in HR pixels whatever their array size, so changing the size changes the
+    support only, never the pixel pitch (no interpolation).
+    """
+    from kmsr_ops.kernels import pad_or_crop_kernel
+
+    out = np.empty((len(kernels), size, size), dtype=np.float64)
+    for i, k in enumerate(kernels):
+        try:
+            out[i] = pad_or_crop_kernel(k.astype(np.float64), size)
+        except KmsrInputError as exc:
+            raise CliError(f"{source}[{i}]: cannot bring it to {size}x{size}: {exc}") from None
+    return out
+
+
+def merge_kernel_sets(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, description: str = "",
+                      resample: bool = False) -> Path:
+    """Concatenate kernel sets of one scale into a new file.
+
+    Kernel sizes must match the first set's, unless ``resample``: then the other sets are centre
+    cropped or zero padded to it (see :func:`resize_kernels`). Scales must always match: a kernel
+    measured in photos upscaled x2 is not one of x4 at another size.
+    """
     sets = [KernelSet(p) for p in paths]
     if not sets:
         raise CliError("merge: give at least one kernel set")
@@ -297,9 +320,16 @@ def merge_kernel_sets(paths: Iterable[str | os.PathLike], out: str | os.PathLike
     for s in sets[1:]:
         if s.scale != first.scale:
             raise CliError(f"{s.path}: scale x{s.scale} differs from {first.path} (x{first.scale}); kernels of different scales cannot share a pool")
-        if s.kernel_size != first.kernel_size:
-            raise CliError(f"{s.path}: kernel size {s.kernel_size} differs from {first.path} ({first.kernel_size})")
-    ks = np.concatenate([s.kernels() for s in sets])
+        if s.kernel_size != first.kernel_size and not resample:
+            raise CliError(
+                f"{s.path}: kernel size {s.kernel_size} differs from {first.path} ({first.kernel_size})",
+                hint=f"add --resample to centre-crop or zero-pad every set to {first.kernel_size}x{first.kernel_size}",
+            )
+    stacks = []
+    for s in sets:
+        k = s.kernels()
+        stacks.append(k if s.kernel_size == first.kernel_size else resize_kernels(k, first.kernel_size, source=str(s.path)))
+    ks = np.concatenate(stacks)
     prov = Provenance()
     for s in sets:
         prov.extend(s.provenance())

@@ -14,10 +14,10 @@ from rich.table import Table
 
 from ..console import emit_json, err, make_progress
 from ..errors import CliError
-from ..options import JsonOpt, SeedOpt
+from ..options import DeviceOpt, JsonOpt, SeedOpt
 
 app = typer.Typer(
-    help="Kernel pools: synthesise, merge and inspect HDF5 kernel sets.",
+    help="Kernel pools: build, synthesise, merge and inspect HDF5 kernel sets.",
     no_args_is_help=True,
 )
 
@@ -78,18 +78,80 @@ def synth(
         _print_path(path)
 
 
+@app.command("build")
+def build(
+    estimated: Annotated[Path, typer.Option("--estimated", help="Estimated kernels K' (.h5), e.g. from `kmsr estimate`.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Pool to write (.h5).")],
+    generated: Annotated[Path | None, typer.Option("--generated", help="Generated kernels (.h5), e.g. from `kmsr gan sample`.")] = None,
+    generator: Annotated[
+        Path | None, typer.Option("--generator", help="A kernel-GAN checkpoint to sample the generated kernels from.")
+    ] = None,
+    n_generated: Annotated[int, typer.Option("-n", "--n-generated", help="Generated kernels in the pool.", min=1)] = 1000,
+    n_estimated: Annotated[int, typer.Option("--n-estimated", help="Estimated kernels in the pool.", min=1)] = 1000,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    json: JsonOpt = False,
+) -> None:
+    """Build KMSR's pool K+ = K' ∪ {G(z)}: estimated plus generated kernels in one set.
+
+    Takes --n-estimated kernels at random from --estimated and -n generated ones, either at
+    random from --generated or sampled from --generator. The paper's pool is 1000 + 1000;
+    a set with fewer kernels than asked gives all of them (with a warning).
+
+        kmsr pool build --estimated estimated.h5 --generator gan.safetensors -n 1000 -o pool.h5
+
+        kmsr pool build --estimated estimated.h5 --generated generated.h5 -o pool.h5
+    """
+    from kmsr_ops.backend import resolve_device
+
+    from ..plugin_host import get_host
+    from ..pool import build_pool
+
+    try:
+        dev = resolve_device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    with make_progress(json_mode=json or generator is None) as progress:
+        task = progress.add_task("sampling generated kernels", total=n_generated)
+        summary = build_pool(
+            estimated, out, generated=generated, generator_checkpoint=generator,
+            host=get_host() if generator is not None else None,
+            n_estimated=n_estimated, n_generated=n_generated, seed=seed, device=dev,
+            warn=lambda msg: err.print(escape(msg), highlight=False),
+            on_progress=lambda m: progress.advance(task, m),
+        )
+    if json:
+        emit_json(summary)
+    else:
+        err.print(escape(f"wrote {summary['count']} kernels ({summary['estimated']} estimated + {summary['generated']} generated) to {summary['path']}"))
+        _print_path(Path(summary["path"]))
+
+
 @app.command("merge")
 def merge(
     sets: Annotated[list[Path], typer.Argument(help="Kernel sets to combine (same scale and kernel size).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Merged kernel set to write (.h5).")],
+    resample: Annotated[
+        bool,
+        typer.Option("--resample", help="Centre-crop (renormalised) or zero-pad kernels of other sizes to the first set's size."),
+    ] = False,
     json: JsonOpt = False,
 ) -> None:
-    """Concatenate kernel sets, e.g. the shards of `kmsr estimate --shard i/N`, keeping provenance."""
+    """Concatenate kernel sets, e.g. the shards of `kmsr estimate --shard i/N`, keeping provenance.
+
+    Sets must share the scale. Kernel sizes must match unless --resample, which brings every
+    set to the first set's size by centre crop or zero padding (kernels are in HR pixels at
+    any array size, so nothing is interpolated):
+
+        kmsr pool merge shard-0.h5 shard-1.h5 -o estimated.h5
+
+        kmsr pool merge any25.h5 div2krk31.h5 --resample -o mixed25.h5
+    """
     from ..kernelset import KernelSet, merge_kernel_sets
 
     if out.resolve() in {p.resolve() for p in sets}:
         raise CliError(f"{out}: the output is also an input; write the merge to a new file")
-    path = merge_kernel_sets(sets, out)
+    path = merge_kernel_sets(sets, out, resample=resample)
     with KernelSet(path) as ks:
         count = len(ks)
     if json:
@@ -102,6 +164,12 @@ def merge(
 @app.command("show")
 def show(
     pool: Annotated[Path, typer.Argument(help="Kernel set or pool (.h5).")],
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write the paper's plots (kernel grid, mean central profile) to this PNG.")
+    ] = None,
+    against: Annotated[
+        Path | None, typer.Option("--against", help="Another kernel set (e.g. held-out kernels): report the kernel MMD to it.")
+    ] = None,
     json: JsonOpt = False,
 ) -> None:
     """Counts by origin and method, scale, kernel size, and kernel statistics.
@@ -109,10 +177,28 @@ def show(
     Effective width is the square root of the mean eigenvalue of the kernel's second-moment
     matrix (sigma of the Gaussian with the same spread); anisotropy is the ratio of the major
     to the minor axis; entropy in bits measures how spread the mass is.
+
+    --plot writes one 1200x500 PNG: left, a grid of kernels per origin (Fig. 3 of the paper,
+    centre 15x15 crops); right, the central row of the mean kernel with a ±1 std band, beside
+    the bicubic kernel at the pool's scale and Gaussians with sigma 1.25, 1.6, 1.7 (Fig. 4).
+
+    --against reports the kernel MMD (Gaussian RBF on flattened kernels, median-distance
+    bandwidth): `mmd` (biased, >= 0) and `mmd2_unbiased` (about 0 for equal distributions).
+
+        kmsr pool show pool.h5 --plot pool.png
+
+        kmsr pool show generated.h5 --against heldout.h5 --json
     """
     from ..pool import describe_pool
 
-    doc = describe_pool(pool)
+    doc = describe_pool(pool, against=against)
+    if plot is not None:
+        from ..kernelset import KernelSet
+        from ..pool_plots import plot_pool
+
+        with KernelSet(pool) as ks:
+            plot_pool(ks.kernels(), ks.provenance().origin, ks.scale, plot, title=str(pool))
+        doc["plot"] = str(plot)
     if json:
         emit_json(doc)
         return
@@ -133,3 +219,10 @@ def show(
     for name, s in doc["statistics"].items():
         t.add_row(name, *(f"{s[c]:.3f}" if s[c] is not None else "-" for c in ("mean", "std", "min", "median", "max")))
     out.print(t)
+    if "against" in doc:
+        a = doc["against"]
+        u = f"{a['mmd2_unbiased']:.3g}" if a["mmd2_unbiased"] is not None else "-"
+        out.print(escape(f"against {a['path']} ({a['count']} kernels): MMD {a['mmd']:.4f}, unbiased MMD² {u} (bandwidth {a['bandwidth']:.4f})"),
+                  highlight=False)
+    if plot is not None:
+        err.print(escape(f"wrote {plot}"), highlight=False)

@@ -1,0 +1,572 @@
+"""Kernel-GAN pipeline: train a trainable generator backend on kernel sets, save and resume
+checkpoints, and sample kernel sets from a checkpoint.
+
+The networks come from the generator plugin (``wgan-gp`` by default) through the plugin host;
+this module holds the training loop, which is architecture-agnostic: it needs an object with
+``generator`` and ``critic`` modules, ``latent_dim``, ``kernel_size``, ``critic_input_scale``,
+``architecture()``, ``state_tensors()``, ``load_state_tensors()`` and ``draw()``.
+
+Losses (KMSR.md, stage 2):
+
+- ``gp`` (default, the paper): WGAN-GP, critic loss ``D(fake) - D(real) + lambda * GP`` with
+  ``GP = mean((||grad D(x_hat)|| - 1)^2)`` at random interpolates, lambda = 10, Adam 1e-4,
+  betas (0.5, 0.999) (the GP variant of the release);
+- ``clip``: the original WGAN as the release trains it: RMSprop 5e-5, critic weights clipped
+  to [-0.01, 0.01] after each critic step.
+
+Both use ``critic_steps`` (5) critic updates per generator update; an iteration is one
+generator update. The Wasserstein estimate reported is ``mean D(real) - mean D(fake)``.
+
+Files: ``OUT.safetensors`` (both networks, metadata: architecture, kernel size, loss, iteration,
+training-set fingerprint, kmsr version) and ``OUT.state.pt`` beside it (optimisers, RNG state,
+iteration; plain tensors and numbers, read with ``torch.load(weights_only=True)``). Both are
+replaced atomically; ``--resume`` checks that they belong together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from kmsr_ops.errors import KmsrInputError
+
+from . import __version__
+from .errors import CliError
+from .kernelset import KernelSet, Provenance, write_kernel_set
+from .plugin_host import PluginHost
+
+LOSSES = ("gp", "clip")
+DEFAULT_LR = {"gp": 1e-4, "clip": 5e-5}
+ADAM_BETAS = (0.5, 0.999)
+STATE_FORMAT = "kmsr-gan-state"
+
+
+# --------------------------------------------------------------------------- settings and data
+
+
+@dataclass
+class TrainSettings:
+    """What defines a training run; saved with the state, and must match on ``--resume``."""
+
+    loss: str = "gp"
+    batch: int = 32
+    critic_steps: int = 5
+    lr: float | None = None  # None: 1e-4 for gp, 5e-5 for clip
+    gp_lambda: float = 10.0
+    clip_value: float = 0.01
+    augment: bool = False
+    width_mult: float = 1.0
+    output: str = "relu"
+    seed: int = 0
+    generator: str = "wgan-gp"
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise KmsrInputError(f"loss: expected one of {', '.join(LOSSES)}, found {self.loss!r}")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.loss]
+        for name in ("batch", "critic_steps"):
+            if int(getattr(self, name)) < 1:
+                raise KmsrInputError(f"{name}: expected an integer >= 1, found {getattr(self, name)}")
+        for name in ("lr", "gp_lambda", "clip_value"):
+            v = float(getattr(self, name))
+            if not np.isfinite(v) or v <= 0:
+                raise KmsrInputError(f"{name}: expected a positive number, found {getattr(self, name)}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainSettings":
+        raw = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+@dataclass
+class TrainingData:
+    kernels: np.ndarray  # (N, K, K) float32
+    scale: int
+    sha256: str
+    paths: list[str]
+
+
+def kernels_fingerprint(kernels: np.ndarray) -> str:
+    """sha256 of the kernels as float32 in their order, with the shape (the training-set id)."""
+    a = np.ascontiguousarray(kernels, dtype=np.float32)
+    h = hashlib.sha256(json.dumps(list(a.shape)).encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def load_training_kernels(paths: Sequence[str | os.PathLike], *, kernel_size: int) -> TrainingData:
+    """Read and check the training sets: same scale, the architecture's kernel size, valid kernels."""
+    if not paths:
+        raise CliError("give at least one kernel set to train on")
+    stacks, scale, first = [], None, None
+    for p in paths:
+        with KernelSet(p) as ks:
+            if ks.kernel_size != kernel_size:
+                raise CliError(
+                    f"{p}: holds {ks.kernel_size}x{ks.kernel_size} kernels; the generator makes {kernel_size}x{kernel_size} "
+                    f"kernels (fixed by its architecture)",
+                    hint=f"bring them to {kernel_size}x{kernel_size} with `kmsr pool merge SET_{kernel_size}.h5 {p} --resample -o OUT.h5`",
+                )
+            if scale is None:
+                scale, first = ks.scale, p
+            elif ks.scale != scale:
+                raise CliError(f"{p}: scale x{ks.scale} differs from {first} (x{scale}); train one GAN per scale")
+            stacks.append(ks.kernels())
+    kernels = np.concatenate(stacks).astype(np.float32)
+    return TrainingData(kernels, int(scale), kernels_fingerprint(kernels), [str(p) for p in paths])
+
+
+def state_path_for(out: str | os.PathLike) -> Path:
+    """``GAN.safetensors`` → ``GAN.state.pt`` (training state beside the weights)."""
+    out = Path(out)
+    return out.with_name(out.stem + ".state.pt")
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def gradient_penalty(critic, real, fake, eps):
+    """WGAN-GP penalty ``mean((||grad_x D(x_hat)||_2 - 1)^2)``, ``x_hat = eps real + (1 - eps) fake``.
+
+    ``eps`` broadcasts against the batch (B, 1, 1, 1). The graph is kept so the penalty trains
+    the critic (double backward).
+    """
+    import torch
+
+    x_hat = (eps * real + (1.0 - eps) * fake).detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+
+
+def augment_batch(x, gen):
+    """Random flips and transposes (the 8 symmetries of the square), one draw per kernel."""
+    import torch
+
+    b = x.shape[0]
+    bits = torch.randint(0, 2, (3, b, 1, 1, 1), generator=gen, device=x.device).bool()
+    x = torch.where(bits[0], x.flip(-1), x)
+    x = torch.where(bits[1], x.flip(-2), x)
+    return torch.where(bits[2], x.transpose(-1, -2), x)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _replace_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then move it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        # mkstemp makes 0600 files; a checkpoint is shared like any file the user writes.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_weights(gan, path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    meta = {**gan.architecture(), **{k: str(v) for k, v in metadata.items()}}
+    _replace_atomically(path, lambda tmp: save_file(gan.state_tensors(), tmp, metadata=meta))
+
+
+def _rng_state_tensor(gen):
+    return gen.get_state().clone()
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class IterationStats:
+    iteration: int
+    critic_loss: float
+    wasserstein: float
+    generator_loss: float
+    penalty: float
+
+
+class GanTrainer:
+    """One training run: networks, optimisers, data on the device and the run's RNG."""
+
+    def __init__(self, gan, data: TrainingData, settings: TrainSettings, device: str):
+        import torch
+
+        self.torch = torch
+        self.gan = gan
+        self.settings = settings
+        self.device = torch.device(device)
+        self.data = torch.from_numpy(data.kernels).to(self.device).unsqueeze(1)
+        self.scale = float(gan.critic_input_scale)
+        G, D = gan.generator, gan.critic
+        G.train()
+        D.train()
+        if settings.loss == "gp":
+            self.opt_g = torch.optim.Adam(G.parameters(), lr=settings.lr, betas=ADAM_BETAS)
+            self.opt_d = torch.optim.Adam(D.parameters(), lr=settings.lr, betas=ADAM_BETAS)
+        else:
+            self.opt_g = torch.optim.RMSprop(G.parameters(), lr=settings.lr)
+            self.opt_d = torch.optim.RMSprop(D.parameters(), lr=settings.lr)
+        # Every random draw of the loop (batches, z, interpolation weights, flips) comes from
+        # this generator, whose state is saved: a resumed run continues the same stream.
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(int(settings.seed))
+        self.iteration = 0
+
+    def _z(self, b: int):
+        return self.torch.randn(b, self.gan.latent_dim, generator=self.gen, device=self.device)
+
+    def critic_step(self) -> tuple[float, float, float]:
+        torch, s, D, G = self.torch, self.settings, self.gan.critic, self.gan.generator
+        idx = torch.randint(0, self.data.shape[0], (s.batch,), generator=self.gen, device=self.device)
+        real = self.data[idx]
+        if s.augment:
+            real = augment_batch(real, self.gen)
+        with torch.no_grad():
+            fake = G(self._z(s.batch))
+        real, fake = real * self.scale, fake * self.scale
+        w = D(real).mean() - D(fake).mean()
+        loss = -w
+        penalty = torch.zeros((), device=self.device)
+        if s.loss == "gp":
+            eps = torch.rand(s.batch, 1, 1, 1, generator=self.gen, device=self.device)
+            penalty = gradient_penalty(D, real, fake, eps)
+            loss = loss + s.gp_lambda * penalty
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        if s.loss == "clip":
+            with torch.no_grad():
+                for p in D.parameters():
+                    p.clamp_(-s.clip_value, s.clip_value)
+        return float(loss.detach()), float(w.detach()), float(penalty.detach())
+
+    def generator_step(self) -> float:
+        D, G = self.gan.critic, self.gan.generator
+        for p in D.parameters():
+            p.requires_grad_(False)
+        try:
+            loss = -D(G(self._z(self.settings.batch)) * self.scale).mean()
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_g.step()
+        finally:
+            for p in D.parameters():
+                p.requires_grad_(True)
+        return float(loss.detach())
+
+    def step(self) -> IterationStats:
+        for _ in range(self.settings.critic_steps):
+            c_loss, w, penalty = self.critic_step()
+        g_loss = self.generator_step()
+        self.iteration += 1
+        return IterationStats(self.iteration, c_loss, w, g_loss, penalty)
+
+    # ---------------------------------------------------------------- state
+    def state(self, data: TrainingData) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "iteration": self.iteration,
+            "optimizer_generator": self.opt_g.state_dict(),
+            "optimizer_critic": self.opt_d.state_dict(),
+            "rng_state": _rng_state_tensor(self.gen),
+            "rng_device": self.device.type,
+            "settings": self.settings.to_json(),
+            "training_set_sha256": data.sha256,
+        }
+
+    def load_state(self, state: dict, *, source: Path) -> str | None:
+        """Restore optimisers, RNG and iteration; returns a warning when the RNG cannot be restored."""
+        self.opt_g.load_state_dict(state["optimizer_generator"])
+        self.opt_d.load_state_dict(state["optimizer_critic"])
+        self.iteration = int(state["iteration"])
+        if state.get("rng_device") == self.device.type:
+            self.gen.set_state(state["rng_state"])
+            return None
+        self.gen.manual_seed(int(self.settings.seed) * 1_000_003 + self.iteration)
+        return (
+            f"{source}: the random stream was saved on {state.get('rng_device')} and cannot continue on "
+            f"{self.device.type}; reseeded, so the run is not bit-identical to an uninterrupted one"
+        )
+
+
+def save_training(trainer: GanTrainer, data: TrainingData, out: Path, *, kmsr_meta: dict) -> None:
+    """State first, then weights: both carry the iteration, so resume detects a torn pair."""
+    import torch
+
+    state = trainer.state(data)
+    _replace_atomically(state_path_for(out), lambda tmp: torch.save(state, tmp))
+    meta = {
+        "loss": trainer.settings.loss,
+        "iteration": str(trainer.iteration),
+        "training_set_sha256": data.sha256,
+        "training_kernels": str(len(data.kernels)),
+        "scale": str(data.scale),
+        "kmsr_version": __version__,
+        "settings": trainer.settings.to_json(),
+        **kmsr_meta,
+    }
+    save_weights(trainer.gan, out, meta)
+
+
+def _load_state_file(path: Path) -> dict:
+    import pickle
+
+    import torch
+
+    if not path.is_file():
+        raise CliError(f"{path}: training state not found; --resume needs the .state.pt written beside the checkpoint",
+                       hint="start a new run without --resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CliError(f"{path}: not a readable training state ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CliError(f"{path}: not a kmsr GAN training state (format {state.get('format') if isinstance(state, dict) else None!r})")
+    return state
+
+
+def _merge_resume_settings(saved: TrainSettings, asked: dict, source: Path) -> TrainSettings:
+    """Explicit options must agree with the saved run; unspecified ones come from it."""
+    conflicts = []
+    for key, value in asked.items():
+        if value is None:
+            continue
+        have = getattr(saved, key)
+        if (isinstance(have, float) and not np.isclose(float(value), have, rtol=1e-12, atol=0)) or (
+            not isinstance(have, float) and value != have
+        ):
+            conflicts.append(f"--{key.replace('_', '-')} {value} (the run used {have})")
+    if conflicts:
+        raise CliError(f"{source}: --resume continues the saved run, but " + "; ".join(conflicts),
+                       hint="drop those options, or start a new run without --resume")
+    return saved
+
+
+def train_gan(
+    host: PluginHost,
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    iters: int,
+    settings: dict,
+    device: str = "cpu",
+    resume: bool = False,
+    checkpoint_every: int = 0,
+    sample_every: int = 0,
+    samples_png: str | os.PathLike | None = None,
+    on_iteration: Callable[[IterationStats], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    history_every: int | None = None,
+) -> dict:
+    """Train (or continue) a kernel GAN; returns a JSON-friendly summary of the run.
+
+    ``settings`` holds :class:`TrainSettings` fields; ``None`` values mean the default (or, with
+    ``resume``, the saved run's value). ``iters`` is the total number of generator iterations.
+    """
+    import torch
+
+    out = Path(out)
+    log = log or (lambda msg: None)
+    if iters < 1:
+        raise KmsrInputError(f"iters: expected at least 1, found {iters}")
+    if samples_png is not None and sample_every < 1:
+        raise CliError("--samples-png needs --sample-every N (write the grid every N iterations)")
+    if sample_every > 0 and samples_png is None:
+        raise CliError("--sample-every needs --samples-png PATH (where to write the kernel grid)")
+    backend = host.get("generators", settings.get("generator") or "wgan-gp")
+    if not backend.info.get("trainable"):
+        raise CliError(f"generator {backend.name!r} (plugin {backend.plugin!r}) is not trainable")
+
+    state = None
+    if resume:
+        if not out.is_file():
+            raise CliError(f"{out}: no checkpoint to resume", hint="start a new run without --resume")
+        gan = backend.create(checkpoint=out, device=device)
+        meta = gan.metadata
+        state = _load_state_file(state_path_for(out))
+        saved = TrainSettings.from_json(state["settings"])
+        train_settings = _merge_resume_settings(saved, settings, out)
+        if str(state["iteration"]) != meta.get("iteration"):
+            raise CliError(
+                f"{out}: weights are at iteration {meta.get('iteration')} but {state_path_for(out)} is at "
+                f"{state['iteration']}; they do not belong together"
+            )
+    else:
+        train_settings = TrainSettings(**{k: v for k, v in settings.items() if v is not None})
+        # Initial weights from the run's seed, without disturbing the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(train_settings.seed))
+            gan = backend.create(device=device, width_mult=train_settings.width_mult, output=train_settings.output)
+
+    data = load_training_kernels(paths, kernel_size=int(gan.kernel_size))
+    if state is not None and state["training_set_sha256"] != data.sha256:
+        raise CliError(
+            f"{out}: was trained on another kernel set (fingerprint {state['training_set_sha256'][:12]}…, "
+            f"these files give {data.sha256[:12]}…)",
+            hint="resume with the same KERNELS.h5 files in the same order, or start a new run",
+        )
+    if len(data.kernels) < train_settings.batch:
+        log(f"warning: {len(data.kernels)} training kernels, fewer than the batch size {train_settings.batch}; batches repeat kernels")
+
+    trainer = GanTrainer(gan, data, train_settings, device)
+    start = 0
+    if state is not None:
+        warning = trainer.load_state(state, source=state_path_for(out))
+        if warning:
+            log(f"warning: {warning}")
+        start = trainer.iteration
+        log(f"resuming {out} at iteration {start}")
+    kmsr_meta = {"training_sets": json.dumps(data.paths)}
+    preview_rng_seed = int(train_settings.seed) + 1
+    history_every = history_every or max(1, iters // 100)
+    history: list[dict] = []
+    checkpoints = 0
+    last: IterationStats | None = None
+    t0 = time.perf_counter()
+    try:
+        while trainer.iteration < iters:
+            last = trainer.step()
+            i = last.iteration
+            if on_iteration:
+                on_iteration(last)
+            if i % history_every == 0 or i == iters:
+                history.append({"iteration": i, "critic_loss": last.critic_loss, "wasserstein": last.wasserstein})
+            if checkpoint_every > 0 and i % checkpoint_every == 0 and i < iters:
+                save_training(trainer, data, out, kmsr_meta=kmsr_meta)
+                checkpoints += 1
+                log(f"iteration {i}/{iters}: critic loss {last.critic_loss:.4f}, Wasserstein estimate {last.wasserstein:.4f}; saved {out}")
+            if sample_every > 0 and i % sample_every == 0:
+                write_kernel_grid(samples_png, gan.draw(64, rng=np.random.default_rng(preview_rng_seed)))
+    except KeyboardInterrupt:
+        if trainer.iteration > start:
+            save_training(trainer, data, out, kmsr_meta=kmsr_meta)
+            log(f"interrupted: saved iteration {trainer.iteration} to {out}; continue with --resume")
+        raise
+    seconds = time.perf_counter() - t0
+    if trainer.iteration > start or not out.exists():
+        save_training(trainer, data, out, kmsr_meta=kmsr_meta)
+        checkpoints += 1
+    done = trainer.iteration - start
+    return {
+        "path": str(out),
+        "state": str(state_path_for(out)),
+        "iterations": trainer.iteration,
+        "start_iteration": start,
+        "generator": backend.name,
+        "settings": json.loads(train_settings.to_json()),
+        "device": str(trainer.device),
+        "training_sets": data.paths,
+        "training_kernels": int(len(data.kernels)),
+        "training_set_sha256": data.sha256,
+        "scale": data.scale,
+        "seconds": round(seconds, 3),
+        "iterations_per_second": round(done / seconds, 3) if seconds > 0 and done else None,
+        "critic_loss": last.critic_loss if last else None,
+        "wasserstein": last.wasserstein if last else None,
+        "checkpoints_written": checkpoints,
+        "history": history,
+    }
+
+
+# --------------------------------------------------------------------------- previews and sampling
+
+
+def kernel_grid(kernels: np.ndarray, *, cols: int = 8, zoom: int = 4, gap: int = 2) -> np.ndarray:
+    """Tile kernels into one uint8 greyscale image, each scaled to its own maximum (Fig. 3 style)."""
+    ks = np.asarray(kernels, dtype=np.float64)
+    n, k, _ = ks.shape
+    cols = max(1, min(cols, n))
+    rows = -(-n // cols)
+    cell = k * zoom
+    img = np.full((rows * cell + (rows + 1) * gap, cols * cell + (cols + 1) * gap), 64, dtype=np.uint8)
+    for i, kern in enumerate(ks):
+        peak = kern.max()
+        tile = np.clip(kern / peak, 0, 1) if peak > 0 else np.zeros_like(kern)
+        tile = np.kron(tile, np.ones((zoom, zoom)))
+        r, c = divmod(i, cols)
+        y, x = gap + r * (cell + gap), gap + c * (cell + gap)
+        img[y:y + cell, x:x + cell] = np.round(tile * 255).astype(np.uint8)
+    return img
+
+
+def write_kernel_grid(path: str | os.PathLike, kernels: np.ndarray) -> None:
+    from kmsr_ops.image_io import write_png
+
+    write_png(path, kernel_grid(kernels))
+
+
+def sample_from_checkpoint(
+    host: PluginHost,
+    checkpoint: str | os.PathLike,
+    n: int,
+    *,
+    seed: int,
+    device: str = "cpu",
+    generator: str = "wgan-gp",
+    on_progress: Callable[[int], None] | None = None,
+    chunk: int = 256,
+) -> tuple[np.ndarray, Provenance, int, dict]:
+    """``n`` kernels from a checkpoint, with per-kernel provenance; returns (kernels, provenance, scale, params)."""
+    if n < 1:
+        raise KmsrInputError(f"n: expected at least 1 kernel, found {n}")
+    backend = host.get("generators", generator)
+    try:
+        gan = backend.create(checkpoint=Path(checkpoint), device=device)
+    except KmsrInputError as exc:
+        raise CliError(str(exc)) from None
+    rng = np.random.default_rng(seed)
+    size = int(gan.kernel_size)
+    kernels = np.empty((n, size, size), dtype=np.float64)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        kernels[start:start + m] = gan.sample(m, size=size, rng=rng)
+        if on_progress:
+            on_progress(m)
+    params = gan.params()
+    prov = Provenance()
+    for i in range(n):
+        prov.append(origin="generated", source=str(checkpoint), method=backend.name, params=params, seed=seed, index=i)
+    scale = gan.scale
+    if scale is None:
+        raise CliError(f"{checkpoint}: the checkpoint does not record the scale of its training kernels")
+    return kernels, prov, scale, params
+
+
+def sample_to_set(
+    host: PluginHost,
+    checkpoint: str | os.PathLike,
+    n: int,
+    out: str | os.PathLike,
+    *,
+    seed: int,
+    device: str = "cpu",
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[Path, dict]:
+    kernels, prov, scale, params = sample_from_checkpoint(host, checkpoint, n, seed=seed, device=device, on_progress=on_progress)
+    path = write_kernel_set(
+        out, kernels, prov, scale=scale,
+        description=f"{n} kernels generated by {checkpoint} (iteration {params.get('iteration')}, seed {seed})",
+        extra_attrs={"generator_params": json.dumps(params, sort_keys=True)},
+    )
+    return path, params
