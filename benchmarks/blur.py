@@ -141,8 +141,8 @@ def main() -> None:
         print(json.dumps(res, indent=2))
         return
     print(f"{res['case']}, torch threads {res['torch_threads']}, median of {args.repeats}")
-    print(f"| path | ms | ratio (baseline / ours) | max abs error |")
-    print(f"|---|---:|---:|---:|")
+    print("| path | ms | ratio (baseline / ours) | max abs error |")
+    print("|---|---:|---:|---:|")
     print(f"| kmsr ({res['ours_path']}) | {res['ours_ms']:.2f} | 1.00 | {res['max_abs_error']['ours']:.1e} |")
     print(f"| grouped conv2d | {res['grouped_conv_ms']:.2f} | {res['speedup_vs_grouped_conv']:.2f} | {res['max_abs_error']['grouped_conv']:.1e} |")
     print(f"| scipy fftconvolve loop | {res['scipy_loop_ms']:.2f} | {res['speedup_vs_scipy_loop']:.2f} | {res['max_abs_error']['scipy_loop']:.1e} |")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
@@ -22,3 +23,17 @@ JsonOpt = Annotated[
     bool,
     typer.Option("--json", help="Print one JSON document on stdout (and no progress bars)."),
 ]
+
+
+def parse_key_values(items: list[str] | None, flag: str = "--option") -> dict:
+    """``KEY=VALUE`` options (VALUE read as JSON when it parses, else kept as text) to a dict."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"expected KEY=VALUE, found {item!r}", param_hint=flag)
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out

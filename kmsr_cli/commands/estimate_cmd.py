@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json as jsonlib
 import os
 import sys
 import time
@@ -14,20 +13,7 @@ from rich.markup import escape
 from rich.progress import TextColumn
 
 from ..console import emit_json, err, make_progress
-from ..options import DeviceOpt, JsonOpt, SeedOpt
-
-
-def _parse_options(items: list[str] | None) -> dict:
-    options = {}
-    for item in items or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"expected KEY=VALUE, found {item!r}", param_hint="--option")
-        key, value = item.split("=", 1)
-        try:
-            options[key.strip()] = jsonlib.loads(value)
-        except jsonlib.JSONDecodeError:
-            options[key.strip()] = value
-    return options
+from ..options import DeviceOpt, JsonOpt, SeedOpt, parse_key_values
 
 
 def _default_workers() -> int:
@@ -76,7 +62,7 @@ def estimate(
     from ..plugin_host import get_host
 
     settings = Settings(scale=scale, patch=patch, per_image=per_image, kernel_size=kernel_size,
-                        estimator=estimator, criterion=criterion, seed=seed, options=_parse_options(option))
+                        estimator=estimator, criterion=criterion, seed=seed, options=parse_key_values(option))
     settings.validate()
     shard_t = parse_shard(shard)
     dev = resolve_device(device)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json as jsonlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -54,15 +53,9 @@ def synth(
     from ..plugin_host import get_host
     from ..pool import synth_pool
 
-    options = {}
-    for item in option or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"expected KEY=VALUE, found {item!r}", param_hint="--option")
-        key, value = item.split("=", 1)
-        try:
-            options[key.strip()] = jsonlib.loads(value)
-        except jsonlib.JSONDecodeError:
-            options[key.strip()] = value
+    from ..options import parse_key_values
+
+    options = parse_key_values(option)
     host = get_host()
     with make_progress(json_mode=json) as progress:
         task = progress.add_task(f"{family} kernels", total=n)

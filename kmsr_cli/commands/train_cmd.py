@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json as jsonlib
 from pathlib import Path
 from typing import Annotated
 
@@ -11,20 +10,7 @@ from rich.markup import escape
 from rich.progress import TextColumn
 
 from ..console import emit_json, err, make_progress
-from ..options import DeviceOpt, JsonOpt, SeedOpt
-
-
-def _kv(items: list[str] | None, flag: str) -> dict:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"expected KEY=VALUE, found {item!r}", param_hint=flag)
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = jsonlib.loads(v)
-        except jsonlib.JSONDecodeError:
-            out[k.strip()] = v
-    return out
+from ..options import DeviceOpt, JsonOpt, SeedOpt, parse_key_values
 
 
 def train(
@@ -73,7 +59,8 @@ def train(
 
     cfg = TrainConfig(
         backbone=backbone, degradation=degradation, scale=scale, out=str(out),
-        backbone_options=_kv(option, "--option"), degradation_options=_kv(degradation_option, "--degradation-option"),
+        backbone_options=parse_key_values(option, "--option"),
+        degradation_options=parse_key_values(degradation_option, "--degradation-option"),
         pool=str(pool) if pool else None, data=list(data or []), val=list(val or []), preset=preset,
         patch=patch, batch=batch, epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr,
         lr_step_epochs=lr_halve_every, loss=loss, seed=seed, device=resolve_device(device), amp=amp,
