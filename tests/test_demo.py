@@ -25,5 +25,5 @@ def test_quick_demo_writes_everything(run_kmsr, tmp_path):
     assert [row["model"] for row in doc["psnr"]] == ["bicubic", "kmsr (shipped)"]
     assert all(15 < row["psnr"] < 60 for row in doc["psnr"])
     # every stage's command was printed for the user to reuse
-    for cmd in ("$ kmsr estimate", "$ kmsr gan train", "$ kmsr pool build", "$ kmsr pool show", "$ kmsr sr"):
+    for cmd in ("$ kmsr estimate", "kmsr gan train", "$ kmsr pool build", "$ kmsr pool show", "$ kmsr sr"):
         assert cmd in r.stderr

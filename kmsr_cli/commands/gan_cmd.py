@@ -86,7 +86,6 @@ def train(
 
         kmsr gan train motion.h5 -o small.safetensors --width-mult 0.0625 --lr 1e-3 --iters 1500 --device cpu
     """
-    from ..console import log
     from ..gan import train_gan
     from ..plugin_host import get_host
 
@@ -110,9 +109,7 @@ def train(
         def say(msg: str) -> None:
             if show:
                 progress.console.print(escape(msg), highlight=False)
-            elif not json:
-                log.info(msg)
-            elif msg.startswith("warning"):
+            elif not json or msg.startswith("warning"):
                 err.print(escape(msg), highlight=False)
 
         summary = train_gan(
