@@ -70,3 +70,22 @@ def test_unknown_model_lists_the_choices(run_kmsr, tmp_path):
     assert r.returncode == 1
     assert "unknown model 'nonesuch'" in r.stderr and "bicubic" in r.stderr and "kmsr" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_fast_and_eager_paths_agree(run_kmsr, tmp_path):
+    # The shipped x2 model through the CPU fast path and through eager PyTorch: same 8-bit output
+    # within one level (the fast path is checked against eager to 1e-4 before it is used).
+    from kmsr_cli.models import shipped_model_path
+
+    if not shipped_model_path("kmsr", 2).exists():
+        import pytest
+
+        pytest.skip("the shipped x2 model is not in this checkout")
+    rng = np.random.default_rng(3)
+    _png(tmp_path / "a.png", rng.integers(0, 256, (24, 20, 3), dtype=np.uint8))
+    for flag in ("--fast", "--no-fast"):
+        r = run_kmsr("sr", "a.png", "-o", f"out{flag}.png", "--scale", "2", flag, "--device", "cpu")
+        assert r.returncode == 0, r.stderr
+    a = np.asarray(Image.open(tmp_path / "out--fast.png")).astype(int)
+    b = np.asarray(Image.open(tmp_path / "out--no-fast.png")).astype(int)
+    assert a.shape == (48, 40, 3) and np.abs(a - b).max() <= 1
