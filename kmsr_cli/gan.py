@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -39,6 +38,7 @@ import numpy as np
 from kmsr_ops.errors import KmsrInputError
 
 from . import __version__
+from .atomic import replace_atomically
 from .errors import CliError
 from .kernelset import KernelSet, Provenance, write_kernel_set
 from .plugin_host import PluginHost
@@ -165,29 +165,11 @@ def augment_batch(x, gen):
 # --------------------------------------------------------------------------- files
 
 
-def _replace_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then move it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp makes 0600 files; a checkpoint is shared like any file the user writes.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_weights(gan, path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
     meta = {**gan.architecture(), **{k: str(v) for k, v in metadata.items()}}
-    _replace_atomically(path, lambda tmp: save_file(gan.state_tensors(), tmp, metadata=meta))
+    replace_atomically(path, lambda tmp: save_file(gan.state_tensors(), tmp, metadata=meta))
 
 
 def _rng_state_tensor(gen):
@@ -315,7 +297,7 @@ def save_training(trainer: GanTrainer, data: TrainingData, out: Path, *, kmsr_me
     import torch
 
     state = trainer.state(data)
-    _replace_atomically(state_path_for(out), lambda tmp: torch.save(state, tmp))
+    replace_atomically(state_path_for(out), lambda tmp: torch.save(state, tmp))
     meta = {
         "loss": trainer.settings.loss,
         "iteration": str(trainer.iteration),

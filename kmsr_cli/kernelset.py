@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +35,7 @@ from kmsr_ops.errors import KmsrInputError
 from kmsr_ops.kernels import validate_kernels
 
 from . import __version__
+from .atomic import replace_atomically
 from .errors import CliError
 
 FORMAT_NAME = "kmsr-kernel-set"
@@ -98,16 +98,6 @@ class Provenance:
         }
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp creates 0600; a kernel set is meant to be shared like any file the user writes.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return fd, tmp
-
-
 def write_kernel_set(
     path: str | os.PathLike,
     kernels: np.ndarray,
@@ -129,9 +119,8 @@ def write_kernel_set(
     if int(scale) != scale or scale < 1:
         raise KmsrInputError(f"scale: expected a positive integer, found {scale!r}")
     n, k, _ = kernels.shape
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT_NAME
             f.attrs["format_version"] = FORMAT_VERSION
@@ -153,12 +142,8 @@ def write_kernel_set(
             g.create_dataset("box", data=np.asarray(provenance.box, dtype=np.int32).reshape(n, 4))
             for name in _INT_FIELDS:
                 g.create_dataset(name, data=np.asarray(getattr(provenance, name), dtype=np.int64))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    return replace_atomically(path, write)
 
 
 class KernelSet:

@@ -17,12 +17,12 @@ file is written to a temporary name and moved into place. Image size: :data:`FIG
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import replace_atomically
 from .errors import CliError
 
 FIGSIZE = (12.0, 5.0)
@@ -141,17 +141,4 @@ def plot_pool(kernels: np.ndarray, origins: Sequence[str], scale: int, out: str 
     if title:
         fig.suptitle(title, fontsize=10)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    return replace_atomically(out, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))

@@ -1,0 +1,35 @@
+"""Writing an output so that a killed run never leaves half a file or destroys the old one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def replace_atomically(path: str | os.PathLike, write: Callable[[str], None], *, fsync: bool = False) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path``, then move it over ``path``.
+
+    The temporary file gets the permissions a plain ``open()`` would give (mkstemp makes 0600;
+    outputs are shared like any file the user writes). On any failure it is removed and the
+    previous ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        if fsync:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
