@@ -227,10 +227,34 @@ def _y_psnr(out, target, scale: int) -> float:
     return float(np.mean(vals))
 
 
+def _group_active() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def run_training(cfg: TrainConfig, host, *, on_step: Callable[[dict], None] | None = None,
                  on_epoch: Callable[[dict], None] | None = None, resume: bool = False,
                  log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train; returns a summary. ``on_step(info)`` after each step (rank 0 only)."""
+    """Train; returns a summary. ``on_step(info)`` after each step (rank 0 only).
+
+    Under torchrun the process group is created here when the caller has not made one, and torn down
+    here too after a successful run: every rank waits for the others, then destroys the group before
+    the interpreter exits. Left to interpreter shutdown, gloo's worker threads abort the process
+    ("terminate called without an active exception", pytorch/pytorch#190489). After a failure the
+    group is left alone: destroying it while other ranks sit in a collective can hang.
+    """
+    owned = not _group_active()
+    result = _run_training(cfg, host, on_step=on_step, on_epoch=on_epoch, resume=resume, log=log)
+    if owned and _group_active():
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, log) -> TrainResult:
     import torch
 
     from .checkpoint import save_model

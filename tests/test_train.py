@@ -112,14 +112,14 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path):
 
 
 def test_ddp_two_cpu_processes(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "kmsr_cli", "train", "--backbone", "kmsr", "--option", "blocks=1", "--option", "filters=8",
            "--degradation", "bicubic", "--patch", "32", "--batch", "4", "--epochs", "1", "--iters-per-epoch", "3",
            "--device", "cpu", "-o", str(tmp_path / "ddp"), "--json"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KMSR_")}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-2000:]}\nstderr (start):\n{proc.stderr[:3000]}"
     doc = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert doc["steps"] == 3
     cfg = json.loads((tmp_path / "ddp" / "config.json").read_text())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -30,7 +32,7 @@ def train(
     lr_halve_every: Annotated[int | None, typer.Option("--lr-halve-every", help="Epochs between learning-rate drops (preset: 10, x0.5).")] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="l1 or mse (preset default).")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", help="Backbone option KEY=VALUE, e.g. blocks=4 filters=32; repeatable.")] = None,
-    degradation_option: Annotated[list[str] | None, typer.Option("--degradation-option", help="Degradation option KEY=VALUE; repeatable.")] = None,
+    degradation_option: Annotated[list[str] | None, typer.Option("--degradation-option", help="Degradation option KEY=VALUE; repeatable; `kmsr plugins --json` lists each degradation's options (e.g. pool: boundary=zero, per_channel=true, bicubic_fraction=0.25).")] = None,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Also checkpoint every N steps (0: each epoch).", min=0)] = 0,
     time_budget: Annotated[float | None, typer.Option("--time-budget", help="Stop after this many minutes of training (a checkpoint is written); the schedule still follows --epochs.", min=0)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the folder from its last checkpoint.")] = False,
@@ -68,7 +70,7 @@ def train(
     ).resolve()
     if lr_halve_every is not None:
         cfg.lr_gamma = 0.5
-    rank = dist_info()[0]
+    rank, world, _ = dist_info()
     host = get_host()
     quiet = json or rank != 0
     with make_progress(json_mode=quiet, extra_columns=(TextColumn("{task.fields[info]}"),)) as prog:
@@ -86,7 +88,7 @@ def train(
         result = run_training(cfg, host, on_step=on_step, on_epoch=on_epoch, resume=resume,
                               log=lambda m: err.print(escape(m), highlight=False) if not quiet else None)
     if rank != 0:
-        return
+        _leave_distributed_run()
     doc = {"run_dir": result.run_dir, "steps": result.steps, "final_loss": result.final_loss,
            "best_val_psnr_y": result.best_val_psnr, "val_psnr_y": result.val_psnr, "seconds": result.seconds,
            "model": str(Path(result.run_dir) / "model.safetensors")}
@@ -96,3 +98,19 @@ def train(
         best = f", best val Y-PSNR {result.best_val_psnr:.2f} dB" if result.best_val_psnr is not None else ""
         err.print(f"trained {result.steps} steps in {result.seconds:.0f} s{best}", highlight=False)
         typer.echo(doc["model"])
+    if world > 1:
+        _leave_distributed_run()
+
+
+def _leave_distributed_run() -> None:
+    """End a finished torchrun worker without running C++ static destructors.
+
+    The process group is already destroyed and every file written, but gloo's transport threads
+    can still be joinable when the interpreter tears down its statics, and std::terminate then
+    aborts a run that succeeded (seen about once in 20 two-process runs on a loaded 2-core
+    machine: "terminate called without an active exception", pytorch/pytorch#190489). So flush
+    and leave with status 0 directly.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
