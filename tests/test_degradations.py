@@ -166,6 +166,38 @@ def test_pool_kernels_from_a_loader_are_read_once_and_lazily(host, pool):
     assert deg.config()["kernel_count"] == len(pool)
 
 
+@pytest.mark.parametrize("input_kind", ["upsampled", "lr"])
+def test_pool_bicubic_fraction_mixes_in_matlab_bicubic_pairs(host, pool, input_kind):
+    hr = torch.from_numpy(np.stack([smooth_image(24, s, 1.0) for s in range(8)]))
+    bic, _ = make(host, "bicubic", 2, input=input_kind)(hr)  # checked against MATLAB's arrays below
+    allb, _ = make(host, "pool", 2, input=input_kind, pool=pool, bicubic_fraction=1.0)(hr, gen(0))
+    np.testing.assert_allclose(allb.numpy(), bic.numpy(), rtol=0, atol=1e-12)
+
+    deg = make(host, "pool", 2, input=input_kind, pool=pool, bicubic_fraction=0.5)
+    assert deg.config()["bicubic_fraction"] == 0.5
+    params = deg.sample(hr.shape, gen(3))
+    mask = params["bicubic"].tolist()
+    assert 0 < sum(mask) < len(mask)  # this seed mixes both kinds in one batch
+    x, y = deg.apply(hr, params)
+    assert torch.equal(y, hr)
+    plain = make(host, "pool", 2, input=input_kind, pool=pool).apply(hr, {"index": params["index"]})[0]
+    for b, is_bicubic in enumerate(mask):
+        np.testing.assert_allclose(x[b].numpy(), (bic if is_bicubic else plain)[b].numpy(), rtol=0, atol=1e-12)
+
+
+def test_pool_bicubic_fraction_draws_and_checks(host, pool):
+    deg = make(host, "pool", 2, pool=pool, bicubic_fraction=0.2)
+    g = gen(7)
+    frac = torch.cat([deg.sample((100, 3, 8, 8), g)["bicubic"] for _ in range(20)]).double().mean().item()
+    assert abs(frac - 0.2) < 4 * (0.2 * 0.8 / 2000) ** 0.5  # binomial, 4 standard deviations
+    assert "bicubic" not in make(host, "pool", 2, pool=pool).sample((4, 3, 8, 8), gen())
+    with pytest.raises(KmsrInputError, match="bicubic_fraction"):
+        make(host, "pool", 2, pool=pool, bicubic_fraction=1.5)
+    with pytest.raises(KmsrInputError, match="multiples of 3"):  # bicubic samples are downscaled
+        deg3 = make(host, "pool", 3, pool=pool, bicubic_fraction=0.5)
+        deg3(torch.rand(1, 3, 10, 9))
+
+
 def test_pool_errors(host, pool):
     with pytest.raises(KmsrInputError, match="kernels"):
         make(host, "pool", 2, kernels=None)

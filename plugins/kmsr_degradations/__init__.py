@@ -33,7 +33,7 @@ _LAZY = {
 
 __all__ = [*_LAZY, "make_pool", "make_bicubic", "make_gaussian", "make_realistic"]
 
-POOL_OPTIONS = {"kernels": None, "boundary": "reflect", "per_channel": False, "pool_scale": None}
+POOL_OPTIONS = {"kernels": None, "boundary": "reflect", "per_channel": False, "pool_scale": None, "bicubic_fraction": 0.0}
 GAUSSIAN_OPTIONS = {"sigma_min": 0.2, "sigma_max": 2.0, "iso_prob": 0.5, "kernel_size": None, "boundary": "reflect"}
 REALISTIC_OPTIONS = {**POOL_OPTIONS, "noise_min": 0.0, "noise_max": 0.04, "jpeg_prob": 0.7, "jpeg_min": 40, "jpeg_max": 95}
 

@@ -12,6 +12,12 @@ For ``input="lr"`` backbones the blurred patch is decimated by the scale (see
 :mod:`kmsr_degradations.decimation` for the phase); for ``input="upsampled"`` it is the network
 input as it is, as in the paper.
 
+``bicubic_fraction`` (beyond the paper, default 0): that fraction of the samples, drawn per
+sample, gets the bicubic degradation (MATLAB bicubic down, and up again for ``upsampled``
+backbones) instead of a pool kernel. Pools estimated from real photos hold few kernels as narrow
+as bicubic's, and a network that never sees sharp inputs over-sharpens them (the paper's model
+loses on the bicubic set); mixing in bicubic pairs keeps that case in the training data.
+
 The pool comes from the caller, because a plugin does not read kmsr's files: ``kernels`` is an
 (N, K, K) array or tensor (K odd, each summing to 1), or a zero-argument callable returning one,
 called once on first use (e.g. ``lambda: KernelSet(path).kernels()``).
@@ -26,8 +32,9 @@ import torch
 
 from kmsr_ops.blur import blur
 from kmsr_ops.errors import KmsrInputError
+from kmsr_ops.resize import imresize
 
-from .base import BOUNDARIES, Degradation, check_choice, randint
+from .base import BOUNDARIES, Degradation, check_choice, check_probability, randint, uniform
 from .decimation import decimate, half_pixel_kernels, needs_even_kernel
 
 _SUM_ATOL = 1e-3
@@ -64,8 +71,9 @@ class PoolDegradation(Degradation):
 
     def __init__(self, scale: int, input: str = "upsampled", channels: str = "rgb", *,  # noqa: A002
                  kernels: np.ndarray | torch.Tensor | Callable | None = None, boundary: str = "reflect",
-                 per_channel: bool = False, pool_scale: int | None = None):
+                 per_channel: bool = False, pool_scale: int | None = None, bicubic_fraction: float = 0.0):
         super().__init__(scale, input, channels)
+        self.bicubic_fraction = check_probability("bicubic_fraction", bicubic_fraction)
         if kernels is None:
             raise KmsrInputError("kernels: the pool degradation needs the pool's kernels (an (N, K, K) array or a loader)")
         if pool_scale is not None and pool_scale != self.scale:
@@ -85,9 +93,14 @@ class PoolDegradation(Degradation):
             self._source = None
         return self._kernels
 
+    @property
+    def hr_multiple(self) -> int:
+        # bicubic samples are downscaled, so their HR sides must divide by the scale
+        return self.scale if self.bicubic_fraction > 0 else super().hr_multiple
+
     def options(self) -> dict:
         k = self.kernels
-        return {"boundary": self.boundary, "per_channel": self.per_channel,
+        return {"boundary": self.boundary, "per_channel": self.per_channel, "bicubic_fraction": self.bicubic_fraction,
                 "kernel_count": int(k.shape[0]), "kernel_size": int(k.shape[1])}
 
     def _kernels_on(self, device, dtype) -> torch.Tensor:
@@ -103,7 +116,23 @@ class PoolDegradation(Degradation):
     def sample(self, shape, generator=None, device=None) -> dict:
         b = shape[0]
         n = self.kernels.shape[0]
-        return {"index": randint(b * 3 if self.per_channel else b, n, generator, device or "cpu")}
+        params = {"index": randint(b * 3 if self.per_channel else b, n, generator, device or "cpu")}
+        if self.bicubic_fraction > 0:  # drawn only when used, so fraction 0 keeps the random stream as before
+            params["bicubic"] = uniform(b, 0.0, 1.0, generator, device or "cpu") < self.bicubic_fraction
+        return params
+
+    def mix_bicubic(self, x: torch.Tensor, hr: torch.Tensor, params: dict) -> torch.Tensor:
+        """Replace the samples drawn for ``bicubic`` in ``x`` (at LR or HR size) by bicubic ones."""
+        mask = params.get("bicubic")
+        if mask is None or not bool(mask.any()):
+            return x
+        mask = mask.to(x.device)
+        lr = imresize(hr[mask], 1.0 / self.scale)
+        if x.shape[-2:] != lr.shape[-2:]:
+            lr = imresize(lr, out_shape=tuple(x.shape[-2:]), scale=self.scale)
+        x = x.clone()
+        x[mask] = lr.to(x.dtype)
+        return x
 
     def blur(self, hr: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``hr`` blurred with pool kernels ``index`` (one per sample, or per sample and channel)."""
@@ -134,4 +163,4 @@ class PoolDegradation(Degradation):
         x = self.blur(hr, params["index"])
         if self.decimates or self.input == "lr":
             x = decimate(x, self.scale)
-        return self.finish(x, hr)
+        return self.finish(self.mix_bicubic(x, hr, params), hr)

@@ -48,10 +48,10 @@ class RealisticDegradation(PoolDegradation):
 
     def __init__(self, scale: int, input: str = "upsampled", channels: str = "rgb", *,  # noqa: A002
                  kernels=None, boundary: str = "reflect", per_channel: bool = False, pool_scale: int | None = None,
-                 noise_min: float = 0.0, noise_max: float = 0.04, jpeg_prob: float = 0.7,
+                 bicubic_fraction: float = 0.0, noise_min: float = 0.0, noise_max: float = 0.04, jpeg_prob: float = 0.7,
                  jpeg_min: int = 40, jpeg_max: int = 95):
         super().__init__(scale, input, channels, kernels=kernels, boundary=boundary, per_channel=per_channel,
-                         pool_scale=pool_scale)
+                         pool_scale=pool_scale, bicubic_fraction=bicubic_fraction)
         self.noise_min, self.noise_max = check_range("noise_min/noise_max", noise_min, noise_max)
         self.jpeg_prob = check_probability("jpeg_prob", jpeg_prob)
         for name, v in (("jpeg_min", jpeg_min), ("jpeg_max", jpeg_max)):
@@ -79,7 +79,7 @@ class RealisticDegradation(PoolDegradation):
         return params
 
     def apply(self, hr, params):
-        lr = decimate(self.blur(hr, params["index"]), self.scale)
+        lr = self.mix_bicubic(decimate(self.blur(hr, params["index"]), self.scale), hr, params)
         sigma = params["noise_sigma"].to(device=hr.device, dtype=hr.dtype).view(-1, 1, 1, 1)
         lr = (lr + sigma * params["noise"].to(device=hr.device, dtype=hr.dtype)).clamp(0, 1)
         lr = jpeg_round_trip(lr, params["jpeg_quality"].tolist())
