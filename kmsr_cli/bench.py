@@ -449,10 +449,11 @@ def _fmt_psnr(x: float) -> str:
     return "inf" if math.isinf(x) else f"{x:.2f}"
 
 
-def render_markdown(summary: list[dict], n_images: int) -> str:
+def _table_rows(summary: list[dict], mark: Callable[[str, bool], str]):
+    """Column titles and (model, cells) rows; ``mark(text, is_best)`` formats each number."""
     titles, models, cells, best = table_cells(summary)
     cols = _columns(summary)
-    lines = ["| model | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(cols)]
+    rows = []
     for m in models:
         row = []
         for c in cols:
@@ -460,13 +461,17 @@ def render_markdown(summary: list[dict], n_images: int) -> str:
             if r is None:
                 row.append("")
                 continue
-            p, q = _fmt_psnr(r["psnr"]), f"{r['ssim']:.4f}"
-            if r["psnr"] == best[c][0]:
-                p = f"**{p}**"
-            if r["ssim"] == best[c][1]:
-                q = f"**{q}**"
+            p = mark(_fmt_psnr(r["psnr"]), r["psnr"] == best[c][0])
+            q = mark(f"{r['ssim']:.4f}", r["ssim"] == best[c][1])
             row.append(f"{p} / {q}")
-        lines.append(f"| {m} | " + " | ".join(row) + " |")
+        rows.append((m, row))
+    return titles, rows
+
+
+def render_markdown(summary: list[dict], n_images: int) -> str:
+    titles, rows = _table_rows(summary, lambda t, is_best: f"**{t}**" if is_best else t)
+    lines = ["| model | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(titles)]
+    lines += [f"| {m} | " + " | ".join(row) + " |" for m, row in rows]
     lines.append("")
     lines.append(f"Y-PSNR (dB) / SSIM, mean over {n_images} image{'s' if n_images != 1 else ''}, "
                  "scale pixels shaved from each border; best per column in bold.")
@@ -486,23 +491,12 @@ def rich_table(summary: list[dict], n_images: int):
     from rich.markup import escape
     from rich.table import Table
 
-    titles, models, cells, best = table_cells(summary)
-    cols = _columns(summary)
+    titles, rows = _table_rows(summary, lambda t, is_best: f"[bold green]{t}*[/]" if is_best else f"{t} ")
     table = Table(title=f"Y-PSNR (dB) / SSIM, mean over {n_images} image{'s' if n_images != 1 else ''}",
                   caption="* best in its column; scale pixels shaved from each border")
     table.add_column("model", style="bold")
     for t in titles:
         table.add_column(t, justify="right")
-    for m in models:
-        row = []
-        for c in cols:
-            r = cells.get((m, c))
-            if r is None:
-                row.append("")
-                continue
-            p, q = _fmt_psnr(r["psnr"]), f"{r['ssim']:.4f}"
-            p = f"[bold green]{p}*[/]" if r["psnr"] == best[c][0] else f"{p} "
-            q = f"[bold green]{q}*[/]" if r["ssim"] == best[c][1] else f"{q} "
-            row.append(f"{p} / {q}")
+    for m, row in rows:
         table.add_row(escape(m), *row)
     return table

@@ -35,6 +35,7 @@ import numpy as np
 
 from kmsr_ops.errors import KmsrInputError
 
+from .atomic import replace_atomically
 from .errors import CliError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
@@ -181,18 +182,6 @@ def dist_info() -> tuple[int, int, int]:
 
 
 # --------------------------------------------------------------------------- checkpoints
-def _atomic_torch_save(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def file_fingerprint(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -395,7 +384,7 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
                 "config_json": torch.tensor(list(json.dumps(asdict(cfg)).encode()), dtype=torch.uint8),
                 **gens,
             }
-            _atomic_torch_save(state, state_path)
+            replace_atomically(state_path, lambda tmp: torch.save(state, tmp), fsync=True)
             save_model(run_dir / "model.safetensors", model, backbone=cfg.backbone, scale=cfg.scale, extra=extra)
         if kind in ("best", "both"):
             save_model(run_dir / "best.safetensors", model, backbone=cfg.backbone, scale=cfg.scale, extra=extra)
