@@ -76,6 +76,16 @@ def kmsr_register_backbones(register):
 def kmsr_register_degradations(register):
     """Register training degradations (how an HR batch becomes a network input).
 
+    The factory is called as ``factory(scale=s, input=..., channels=..., **options)``, with the
+    backbone's ``input`` (``"upsampled"`` or ``"lr"``) and ``channels`` (``"rgb"`` or ``"y"``),
+    and returns a callable ``degrade(hr, generator) -> (x, y)``: ``hr`` is a (B, 3, H, W) float
+    batch in [0, 1] on the training device, ``generator`` a ``torch.Generator`` (draw every random
+    choice from it, so runs resume exactly), ``x`` the network input in the backbone's convention
+    and ``y`` the target. HR patch sides must divide by its ``hr_multiple`` attribute (the scale
+    when it has none). ``info`` keys read by ``kmsr train``: ``needs_kernels`` (the pool's kernels are
+    passed as ``kernels=``, an (N, K, K) array) and ``options`` (defaults, listed by
+    ``kmsr plugins --json``). ``kmsr_degradations.base.Degradation`` implements this protocol.
+
     :param register: ``register(name, factory, *, description="", available=None, **info)``.
     """
 
