@@ -185,6 +185,14 @@ def test_pool_bicubic_fraction_mixes_in_matlab_bicubic_pairs(host, pool, input_k
         np.testing.assert_allclose(x[b].numpy(), (bic if is_bicubic else plain)[b].numpy(), rtol=0, atol=1e-12)
 
 
+def test_realistic_bicubic_fraction_gives_bicubic_lr_before_noise(host, pool):
+    # realistic quantises its LR to 8 bits (as a photo is), so the oracle is rounded too
+    hr = torch.from_numpy(np.stack([smooth_image(24, s, 1.0) for s in range(3)]))
+    bic, _ = make(host, "bicubic", 4, input="lr")(hr)
+    x, _ = make(host, "realistic", 4, input="lr", pool=pool, bicubic_fraction=1.0, noise_max=0.0, jpeg_prob=0.0)(hr, gen(1))
+    np.testing.assert_allclose(x.numpy(), (bic.clamp(0, 1) * 255).round().numpy() / 255, rtol=0, atol=1e-12)
+
+
 def test_pool_bicubic_fraction_draws_and_checks(host, pool):
     deg = make(host, "pool", 2, pool=pool, bicubic_fraction=0.2)
     g = gen(7)

@@ -6,7 +6,9 @@ reflect borders), decimation with MATLAB's geometry, additive Gaussian noise wit
 U[noise_min, noise_max] (in [0, 1] units), clipping to [0, 1], 8-bit quantisation, and, with
 probability ``jpeg_prob``, JPEG compression at a quality ~ U{jpeg_min..jpeg_max} (Pillow,
 4:2:0 chroma subsampling). ``input="upsampled"`` backbones get the result upscaled back with
-MATLAB bicubic (not clipped again, as at inference).
+MATLAB bicubic (not clipped again, as at inference). With ``bicubic_fraction`` (see ``pool``) that
+fraction of the samples starts from a MATLAB-bicubic LR instead of pool blur and decimation; noise
+and JPEG follow as for the others.
 
 Everything runs batched on the device except the JPEG round trip: Pillow encodes on the CPU, one
 sample at a time, the one per-sample loop of the training degradations.
