@@ -5,8 +5,8 @@
 #
 # One training budget for every trained model: 1500 steps (6 epochs of 250) of batch 16, 64x64 HR
 # patches, L1, Adam 5e-4 halved every 2 epochs; a 4-block, 32-filter network for kmsr and EDSR,
-# DBPN's small variant with 2 projection stages. The ten runs share the 2 cores, one thread each;
-# on an idle 2-core machine the whole script takes about 2 hours.
+# DBPN's small variant with 2 projection stages. The twelve runs share the 2 cores, one thread
+# each; on an idle 2-core machine the whole script takes about 2 hours.
 set -euo pipefail
 WORK=${1:-table1-work}
 SHARED=${SHARED:-../shared/data}
@@ -40,13 +40,18 @@ for S in 2 4; do
   kmsr pool build --estimated "$WORK/est_x$S.h5" --generator "$WORK/gan_x$S.safetensors" -n "$N" --seed 0 -o "$WORK/pool_x$S.h5"
 done
 
-# Stage 3: the same budget for every model. "mix" adds 25 % MATLAB-bicubic pairs to the pool's.
+# Stage 3: the same budget for every model. "mix" adds 25 % MATLAB-bicubic pairs to the pool's;
+# "decmix" also decimates the pool-blurred patch and rounds it to 8 bits before upscaling it back
+# (the realistic degradation with no noise and no JPEG).
 COMMON=(--batch 16 --patch 64 --epochs 6 --iters-per-epoch 250 --lr 5e-4 --lr-halve-every 2 --seed 0 --device cpu)
 SMALL=(--option blocks=4 --option filters=32)
 for S in 2 4; do
   OMP_NUM_THREADS=1 kmsr train --backbone kmsr "${SMALL[@]}" --degradation pool --pool "$WORK/pool_x$S.h5" --scale $S "${COMMON[@]}" -o "$WORK/runs/kmsr_pool_x$S" &
   OMP_NUM_THREADS=1 kmsr train --backbone kmsr "${SMALL[@]}" --degradation pool --pool "$WORK/pool_x$S.h5" \
     --degradation-option bicubic_fraction=0.25 --scale $S "${COMMON[@]}" -o "$WORK/runs/kmsr_mix_x$S" &
+  OMP_NUM_THREADS=1 kmsr train --backbone kmsr "${SMALL[@]}" --degradation realistic --pool "$WORK/pool_x$S.h5" \
+    --degradation-option noise_max=0 --degradation-option jpeg_prob=0 --degradation-option bicubic_fraction=0.25 \
+    --scale $S "${COMMON[@]}" -o "$WORK/runs/kmsr_decmix_x$S" &
   OMP_NUM_THREADS=1 kmsr train --backbone kmsr "${SMALL[@]}" --degradation bicubic --scale $S "${COMMON[@]}" -o "$WORK/runs/kmsr_bicubic_x$S" &
   OMP_NUM_THREADS=1 kmsr train --backbone edsr "${SMALL[@]}" --degradation bicubic --scale $S "${COMMON[@]}" -o "$WORK/runs/edsr_bicubic_x$S" &
   OMP_NUM_THREADS=1 kmsr train --backbone dbpn --option variant=small --option stages=2 --degradation bicubic --scale $S "${COMMON[@]}" -o "$WORK/runs/dbpn_bicubic_x$S" &
@@ -61,6 +66,6 @@ for S in 2 4; do
     --models "bicubic,srcnn:$SHARED/weights/srcnn/srcnn_915_x{s}_oihw.npz,vdsr:$SHARED/weights/vdsr/vdsr_model_epoch_50_state_dict.npz" \
     --models "edsr-bicubic=$R/edsr_bicubic_x$S/model.safetensors,dbpn-bicubic=$R/dbpn_bicubic_x$S/model.safetensors" \
     --models "kmsr-bicubic=$R/kmsr_bicubic_x$S/model.safetensors,kmsr-pool=$R/kmsr_pool_x$S/model.safetensors" \
-    --models "kmsr-mix=$R/kmsr_mix_x$S/model.safetensors" \
+    --models "kmsr-mix=$R/kmsr_mix_x$S/model.safetensors,kmsr-decmix=$R/kmsr_decmix_x$S/model.safetensors" \
     --markdown > "$WORK/table1_x$S.md"
 done
