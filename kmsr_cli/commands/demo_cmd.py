@@ -25,7 +25,7 @@ def demo(
     Estimates blur kernels from CC0 photos upscaled x2, trains a small kernel GAN briefly,
     builds and plots the kernel pool, then super-resolves a real photo and a synthetic
     Gaussian-blurred (sigma 1.6) LR image with the shipped x2 model, writing side-by-side
-    comparisons and a PSNR table. About 3-4 minutes on 2 CPU cores; `--quick` takes about one.
+    comparisons and a PSNR table. About 1.5 minutes on 2 idle CPU cores (3-4 under load); `--quick` takes under half a minute.
     """
     from kmsr_ops.backend import resolve_device
 
