@@ -22,7 +22,6 @@ rank 0 writes the run folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from kmsr_ops.errors import KmsrInputError
+from kmsr_ops.files import file_sha256
 
 from .atomic import replace_atomically
 from .errors import CliError
@@ -181,15 +181,6 @@ def dist_info() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-# --------------------------------------------------------------------------- checkpoints
-def file_fingerprint(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- the run
 @dataclass
 class TrainResult:
@@ -291,7 +282,7 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
                 raise CliError(f"{cfg.pool}: the pool holds x{ks.scale} kernels, but --scale is {cfg.scale}; "
                                "kernels are specific to the scale they were estimated at")
             dopts["kernels"] = ks.kernels()
-        pool_fp = file_fingerprint(cfg.pool)
+        pool_fp = file_sha256(cfg.pool)
     elif cfg.pool:
         raise CliError(f"degradation {cfg.degradation!r} does not use a pool; drop --pool or use --degradation pool")
     degrade = dg.create(scale=cfg.scale, input=conv["input"], channels=conv["channels"], **dopts)

@@ -16,7 +16,6 @@ norm buffers); string metadata with ``format`` = ``kmsr-gan`` and the keys of
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from kmsr_ops.errors import KmsrInputError
+from kmsr_ops.files import file_sha256
 
 from .model import KERNEL_SIZE, LATENT_DIM, OUTPUTS, KernelCritic, KernelGenerator, init_weights
 
@@ -38,14 +38,6 @@ ARCHITECTURE_VERSION = 1
 CRITIC_INPUT_SCALE = float(KERNEL_SIZE)
 #: Metadata keys that must match for a checkpoint to load into this architecture.
 _ARCH_KEYS = ("architecture", "architecture_version", "kernel_size", "latent_dim")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_width(width_mult) -> float:
