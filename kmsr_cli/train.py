@@ -80,6 +80,7 @@ class TrainConfig:
     val_crop: int = 256
     max_steps: int | None = None  # stop after this many steps (tests, smoke runs)
     time_budget: float | None = None  # seconds of training; stop (and checkpoint) when spent
+    init: str | None = None  # starting weights: a kmsr checkpoint or NAME:WEIGHTS (published)
 
     def resolve(self) -> "TrainConfig":
         if self.preset not in PRESETS:
@@ -207,6 +208,68 @@ def _y_psnr(out, target, scale: int) -> float:
     return float(np.mean(vals))
 
 
+def initialise_from(model, spec: str, *, backbone: str, scale: int, host) -> dict:
+    """Load starting weights into ``model`` from ``spec``: a kmsr checkpoint (``.safetensors``) or
+    ``NAME:WEIGHTS`` (a backbone's published weights, e.g. ``carn_m:carn_m_state_dict.npz``).
+
+    The weights must be for the same backbone and fit ``model`` tensor for tensor; otherwise a
+    :class:`CliError` names the first tensor that is missing, unexpected or of another shape.
+    Returns ``{"spec", "backbone", "tensors"}``.
+    """
+    import torch
+
+    from .checkpoint import read_model_meta
+
+    path = Path(spec)
+    if spec.endswith(".safetensors") or path.is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        meta = read_model_meta(path)  # names the file when it is missing, damaged or not kmsr's
+        if meta.backbone != backbone:
+            raise CliError(f"--init {spec}: the checkpoint is a {meta.backbone!r} model, but --backbone is {backbone!r}",
+                           hint=f"use --backbone {meta.backbone}, or weights for {backbone!r}")
+        if meta.scale is not None and meta.scale != scale:
+            raise CliError(f"--init {spec}: the checkpoint is for x{meta.scale}, but --scale is {scale}")
+        try:
+            state = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CliError(f"--init {spec}: the weights cannot be read ({exc})") from None
+        source = meta.backbone
+    elif ":" in spec:
+        name, weights = spec.split(":", 1)
+        if name != backbone:
+            raise CliError(f"--init {spec}: weights for backbone {name!r}, but --backbone is {backbone!r}",
+                           hint=f"use --backbone {name}")
+        if not Path(weights).is_file():
+            raise CliError(f"--init {spec}: {weights}: no such weights file")
+        bb = host.get("backbones", name)
+        if bb.info.get("published_weights") is None:
+            raise CliError(f"--init {spec}: backbone {name!r} has no published-weights loader; "
+                           "give a kmsr checkpoint (.safetensors) instead")
+        src = bb.create(scale=scale, weights=weights)  # the loader validates the file and names it
+        state = src.state_dict()
+        source = name
+    else:
+        raise CliError(f"--init {spec}: expected a kmsr checkpoint (.safetensors) or NAME:WEIGHTS "
+                       "(e.g. carn_m:carn_m_state_dict.npz)")
+    expected = model.state_dict()
+    for k, v in expected.items():
+        if k not in state:
+            raise CliError(f"--init {spec}: the weights lack tensor {k!r} {tuple(v.shape)} of this {backbone} model; "
+                           "they are for another architecture or other options")
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise CliError(f"--init {spec}: tensor {k!r} has shape {tuple(state[k].shape)}, this {backbone} model "
+                           f"needs {tuple(v.shape)}; the weights are for another architecture, options or scale")
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise CliError(f"--init {spec}: tensor {extra[0]!r} is not part of this {backbone} model "
+                       f"({len(extra)} such); the weights are for another architecture or options")
+    with torch.no_grad():
+        model.load_state_dict({k: state[k].to(torch.float32) for k in expected}, strict=True)
+    return {"spec": spec, "backbone": source, "tensors": len(expected)}
+
+
 def _group_active() -> bool:
     import torch.distributed as dist
 
@@ -266,6 +329,10 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
         raise CliError(f"backbone {cfg.backbone!r} supports scales {scales}, not x{cfg.scale}")
     torch.manual_seed(cfg.seed)
     model = bb.create(scale=cfg.scale, **cfg.backbone_options).to(dev)
+    init_info = None
+    if cfg.init and not resume:
+        init_info = initialise_from(model, cfg.init, backbone=cfg.backbone, scale=cfg.scale, host=host)
+        log(f"initialised from {cfg.init} ({init_info['tensors']} tensors)")
     conv = {"input": getattr(model, "input_kind", bb.info.get("input", "upsampled")),
             "channels": getattr(model, "channels", bb.info.get("channels", "rgb"))}
 
@@ -342,9 +409,15 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
         (run_dir / "config.json").write_text(json.dumps({**asdict(cfg), "train_images": names, "val_images": val_names,
                                                          "world_size": world, "pool_fingerprint": pool_fp}, indent=2))
 
+    init_sha = None
+    if cfg.init:
+        init_file = cfg.init.split(":", 1)[1] if (":" in cfg.init and not Path(cfg.init).exists()) else cfg.init
+        init_sha = file_sha256(init_file) if Path(init_file).is_file() else None
+
     def meta_extra():
         deg_opts = {k: v for k, v in dopts.items() if k != "kernels"}
-        return {"degradation": {"name": cfg.degradation, "options": deg_opts}, "pool": cfg.pool,
+        return {"degradation": {"name": cfg.degradation, "options": deg_opts}, "pool": cfg.pool, "init": cfg.init,
+                "init_sha256": init_sha,
                 "pool_fingerprint": pool_fp, "step": step, "preset": cfg.preset, "loss": cfg.loss,
                 "val_psnr_y": history[-1] if history else None}
 

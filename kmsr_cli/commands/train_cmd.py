@@ -35,6 +35,7 @@ def train(
     degradation_option: Annotated[list[str] | None, typer.Option("--degradation-option", help="Degradation option KEY=VALUE; repeatable; `kmsr plugins --json` lists each degradation's options (e.g. pool: boundary=zero, per_channel=true, bicubic_fraction=0.25).")] = None,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Also checkpoint every N steps (0: each epoch).", min=0)] = 0,
     time_budget: Annotated[float | None, typer.Option("--time-budget", help="Stop after this many minutes of training (a checkpoint is written); the schedule still follows --epochs.", min=0)] = None,
+    init: Annotated[str | None, typer.Option("--init", help="Start from these weights: a kmsr checkpoint (.safetensors) or NAME:WEIGHTS published weights, e.g. carn_m:carn_m_state_dict.npz (fine-tuning). Recorded in the model's metadata.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the folder from its last checkpoint.")] = False,
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (float16 on CUDA, bfloat16 on CPU).")] = False,
     device: DeviceOpt = "auto",
@@ -51,6 +52,7 @@ def train(
 
         kmsr pool synth --family motion -n 1000 -o pool.h5
         kmsr train --backbone kmsr --degradation pool --pool pool.h5 --scale 2 -o runs/kmsr-x2
+        kmsr train --backbone carn_m --init carn_m:carn_m_state_dict.npz --degradation realistic --pool pool_x4.h5 --scale 4 -o runs/carn-x4
         kmsr train --backbone kmsr --option blocks=4 --option filters=32 --degradation bicubic --epochs 5 --iters-per-epoch 200 -o runs/small
         torchrun --nproc_per_node 2 -m kmsr_cli train --backbone edsr --degradation bicubic -o runs/edsr
     """
@@ -66,7 +68,7 @@ def train(
         pool=str(pool) if pool else None, data=list(data or []), val=list(val or []), preset=preset,
         patch=patch, batch=batch, epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr,
         lr_step_epochs=lr_halve_every, loss=loss, seed=seed, device=resolve_device(device), amp=amp,
-        checkpoint_every=checkpoint_every, time_budget=time_budget * 60 if time_budget is not None else None,
+        checkpoint_every=checkpoint_every, init=init, time_budget=time_budget * 60 if time_budget is not None else None,
     ).resolve()
     if lr_halve_every is not None:
         cfg.lr_gamma = 0.5

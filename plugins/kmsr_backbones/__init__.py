@@ -33,24 +33,29 @@ from . import receptive_field as rf
 # Option defaults, repeated here so that registering does not import torch; the tests check
 # that they match the network classes.
 KMSR_OPTIONS = {"variant": "edsr", "blocks": 16, "filters": 64, "res_scale": 1.0}
+KMSR_LR_OPTIONS = {"blocks": 16, "filters": 64, "res_scale": 1.0}
 SRCNN_OPTIONS = {"variant": "955", "padding": "replicate"}
 VDSR_OPTIONS = {"layers": 20, "filters": 64}
 EDSR_OPTIONS = {"blocks": 16, "filters": 64, "res_scale": 1.0}
 DBPN_OPTIONS = {"variant": "d-dbpn", "stages": 7, "filters": 64, "feat": 256}
 DBPN_PROJECTION = {2: (6, 2, 2), 4: (8, 4, 2), 8: (12, 8, 2)}
+CARN_M_OPTIONS = {"filters": 64, "groups": 4, "multi_scale": False}
 
 _LAZY = {
     "SRBackbone": "base",
     "KMSRNet": "kmsr_net",
+    "KMSRNetLR": "kmsr_net",
     "SRCNN": "srcnn",
     "VDSR": "vdsr",
     "EDSR": "edsr",
     "DBPN": "dbpn",
+    "CARNM": "carn",
     "load_srcnn_weights": "published",
     "load_vdsr_weights": "published",
+    "load_carn_m_weights": "published",
 }
 
-__all__ = [*_LAZY, "make_kmsr", "make_srcnn", "make_vdsr", "make_edsr", "make_dbpn"]
+__all__ = [*_LAZY, "make_kmsr", "make_kmsr_lr", "make_srcnn", "make_vdsr", "make_edsr", "make_dbpn", "make_carn_m"]
 
 
 def __getattr__(name: str):
@@ -69,6 +74,13 @@ def make_kmsr(scale: int | None = None, **options):
     from .kmsr_net import KMSRNet
 
     return KMSRNet(scale, **options)
+
+
+def make_kmsr_lr(scale: int = 4, **options):
+    """The KMSR body on the LR image with a pixel-shuffle upsampler; options ``blocks``, ``filters``, ``res_scale``."""
+    from .kmsr_net import KMSRNetLR
+
+    return KMSRNetLR(scale, **options)
 
 
 def _check_weights_options(path, model, options: dict) -> None:
@@ -119,6 +131,19 @@ def make_dbpn(scale: int = 4, **options):
     return DBPN(scale, **options)
 
 
+def make_carn_m(scale: int = 4, *, weights=None, **options):
+    """CARN-M; options ``filters``, ``groups``, ``multi_scale``, ``weights`` (the published .npz)."""
+    if weights is not None:
+        from .published import load_carn_m_weights
+
+        model = load_carn_m_weights(weights, scale=scale, multi_scale=bool(options.get("multi_scale", False)))
+        _check_weights_options(weights, model, options)
+        return model
+    from .carn import CARNM
+
+    return CARNM(scale, **options)
+
+
 @hookimpl
 def kmsr_register_backbones(register):
     register(
@@ -129,6 +154,15 @@ def kmsr_register_backbones(register):
         input="upsampled", channels="rgb", scales=[2, 3, 4],
         receptive_field=rf.kmsr_rf(KMSR_OPTIONS["blocks"]), size_multiple=1,
         options=dict(KMSR_OPTIONS), variants=["edsr", "release"],
+    )
+    register(
+        "kmsr_lr",
+        make_kmsr_lr,
+        description="KMSR's body (16 residual blocks, 64 filters) on the LR RGB image with pixel-shuffle "
+        "upsampling at the end: cost grows with the LR pixel count (scale^2 less than 'kmsr')",
+        input="lr", channels="rgb", scales=[2, 3, 4],
+        receptive_field=max(rf.edsr_rf(s, KMSR_LR_OPTIONS["blocks"]) for s in (2, 3, 4)), size_multiple=1,
+        options=dict(KMSR_LR_OPTIONS),
     )
     register(
         "srcnn",
@@ -163,4 +197,14 @@ def kmsr_register_backbones(register):
         input="lr", channels="rgb", scales=[2, 4, 8],
         receptive_field=max(rf.dbpn_rf(s, DBPN_OPTIONS["stages"], *DBPN_PROJECTION[s]) for s in (2, 4, 8)),
         size_multiple=1, options=dict(DBPN_OPTIONS), variants=["d-dbpn", "small"],
+    )
+    register(
+        "carn_m",
+        make_carn_m,
+        description="CARN-M (Ahn et al. 2018): cascading residual network with grouped convs and a "
+        "pixel-shuffle upsampler on the LR RGB image; MIT-licensed published weights",
+        input="lr", channels="rgb", scales=[2, 3, 4],
+        receptive_field=max(rf.carn_m_rf(s) for s in (2, 3, 4)), size_multiple=1,
+        options={**CARN_M_OPTIONS, "weights": None},
+        published_weights="carn_m_state_dict.npz (weights=PATH; one file for x2/x3/x4)",
     )

@@ -104,3 +104,46 @@ def load_vdsr_weights(path: str | os.PathLike, *, scale: int | None = None) -> V
     state.update({f"body.{i}.weight": arrays[f"residual_layer.{i}.conv.weight"] for i in range(18)})
     model.load_state_dict({k: torch.from_numpy(v.astype(np.float32)) for k, v in state.items()})
     return model.eval()
+
+
+def _carn_m_expected(filters: int = 64, groups: int = 4) -> dict[str, tuple]:
+    f, g = filters, filters // groups
+    exp: dict[str, tuple] = {}
+    for side in ("sub_mean", "add_mean"):
+        exp[f"{side}.shifter.weight"], exp[f"{side}.shifter.bias"] = (3, 3, 1, 1), (3,)
+    exp["entry.weight"], exp["entry.bias"] = (f, 3, 3, 3), (f,)
+
+    def fusions(prefix):
+        for i, mult in ((1, 2), (2, 3), (3, 4)):
+            exp[f"{prefix}c{i}.body.0.weight"], exp[f"{prefix}c{i}.body.0.bias"] = (f, mult * f, 1, 1), (f,)
+
+    for b in ("b1", "b2", "b3"):
+        for j, shape in ((0, (f, g, 3, 3)), (2, (f, g, 3, 3)), (4, (f, f, 1, 1))):
+            exp[f"{b}.b1.body.{j}.weight"], exp[f"{b}.b1.body.{j}.bias"] = shape, (f,)
+        fusions(f"{b}.")
+    fusions("")
+    for s, convs in ((2, (0,)), (3, (0,)), (4, (0, 3))):
+        r = 9 if s == 3 else 4
+        for j in convs:
+            exp[f"upsample.up{s}.body.{j}.weight"], exp[f"upsample.up{s}.body.{j}.bias"] = (r * f, g, 3, 3), (r * f,)
+    exp["exit.weight"], exp["exit.bias"] = (3, f, 3, 3), (3,)
+    return exp
+
+
+def load_carn_m_weights(path: str | os.PathLike, *, scale: int | None = None, multi_scale: bool = False):
+    """CARN-M with the published multi-scale weights (``carn_m_state_dict.npz``, CARN-pytorch).
+
+    The file holds one body and three upsampling branches; the model keeps the branch for
+    ``scale`` (default: the file name's ``_xN_``, else 4), or all three with ``multi_scale``.
+    """
+    from .carn import CARNM
+
+    what = "CARN-M weights (entry, b1..b3, c1..c3, upsample.up{2,3,4}, exit, sub_mean/add_mean)"
+    arrays = read_npz(path, what)
+    expected = _carn_m_expected()
+    _check_arrays(path, arrays, expected, what)
+    scale = scale if scale is not None else (scale_from_name(path) or 4)
+    model = CARNM(scale, multi_scale=multi_scale)
+    keys = model.state_dict().keys()
+    model.load_state_dict({k: torch.from_numpy(arrays[k].astype(np.float32)) for k in keys})
+    return model.eval()

@@ -114,3 +114,16 @@ def dbpn_rf(scale: int, stages: int, k: int, stride: int, padding: int) -> int:
         if t < stages - 1:
             lows.append(down(hull(*highs)))
     return lr_width(conv(hull(*highs), 3), scale)
+
+
+def carn_m_rf(scale: int) -> int:
+    """CARN-M: entry 3x3, 3 cascading blocks of 3 shared residual units (two 3x3 each, 1x1 fusions),
+    the upsampler's 3x3 convs (one per x2 stage at its own grid, one for x3) and the HR exit 3x3."""
+    iv = conv(IMPULSE, 3)
+    for _ in range(9):
+        iv = conv(conv(iv, 3), 3)
+    steps = [2, 2] if scale == 4 else [scale]
+    for s in steps:
+        iv = pixel_shuffle(conv(iv, 3), s)
+    iv = conv(iv, 3)
+    return lr_width(iv, scale)
