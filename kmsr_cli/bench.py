@@ -208,20 +208,21 @@ def parse_models(items: Iterable[str] | None) -> list[ModelSpec]:
     return specs
 
 
-def load_model_for(ms: ModelSpec, scale: int, host=None):
-    """The :class:`~kmsr_cli.infer.SRModel` for ``ms`` at ``scale``; a wrong scale is a CliError."""
+def load_model_for(ms: ModelSpec, scale: int, host=None, *, option: str = "--scales"):
+    """The :class:`~kmsr_cli.infer.SRModel` for ``ms`` at ``scale``; a wrong scale is a CliError
+    (``option`` is the command's scale option, named in the message)."""
     from .checkpoint import read_model_meta
     from .models import resolve_model
 
     spec = ms.spec_for(scale)
-    hint = "give one file per scale with {s} in its path (e.g. srcnn:weights/srcnn_915_x{s}_oihw.npz), or change --scales"
+    hint = f"give one file per scale with {{s}} in its path (e.g. srcnn:weights/srcnn_915_x{{s}}_oihw.npz), or change {option}"
     if spec.endswith(".safetensors"):
         path = Path(spec)
         if not path.is_file():
             raise CliError(f"model {ms.label!r}: {path}: no such checkpoint")
         meta = read_model_meta(path)
         if meta.scale is not None and meta.scale != scale:
-            raise CliError(f"model {ms.label!r}: {path} is a x{meta.scale} checkpoint, but --scales asks for x{scale}",
+            raise CliError(f"model {ms.label!r}: {path} is a x{meta.scale} checkpoint, but {option} asks for x{scale}",
                            hint=hint)
         srm = resolve_model(str(path), scale=scale, host=host)
     else:
@@ -229,10 +230,10 @@ def load_model_for(ms: ModelSpec, scale: int, host=None):
             named = _SCALE_IN_NAME.search(Path(spec.split(":", 1)[1]).name)
             if named and int(named.group(1)) != scale:
                 raise CliError(f"model {ms.label!r}: {spec.split(':', 1)[1]} holds x{named.group(1)} weights "
-                               f"(its name says), but --scales asks for x{scale}", hint=hint)
+                               f"(its name says), but {option} asks for x{scale}", hint=hint)
         srm = resolve_model(spec, scale=scale, host=host)
     if srm.scale != scale:
-        raise CliError(f"model {ms.label!r} is for x{srm.scale}, but --scales asks for x{scale}", hint=hint)
+        raise CliError(f"model {ms.label!r} is for x{srm.scale}, but {option} asks for x{scale}", hint=hint)
     srm.name = ms.label
     return srm
 
@@ -250,21 +251,29 @@ class HRImage:
         return 255.0 if self.bit_depth == 8 else 65535.0
 
 
-def load_hr(specs: Iterable[str]) -> list[HRImage]:
-    """HR images from files, folders (searched recursively) and globs, in the order given."""
+def read_samples(path: Path) -> tuple[np.ndarray, int]:
+    """An image as RGB integer samples (uint8 or uint16, (H, W, 3)) and its bit depth.
+
+    Divided by 255 (65535) in float64 they are the exact samples: the reader's float32 k/255 is
+    off by ~1e-8, enough to spoil a comparison with MATLAB's float64 arrays.
+    """
     from kmsr_ops.image_io import read_image
 
+    img = read_image(path, channels="RGB")
+    maxval = 255.0 if img.bit_depth == 8 else 65535.0
+    dtype = np.uint8 if img.bit_depth == 8 else np.uint16
+    return np.rint(img.pixels.astype(np.float64) * maxval).astype(dtype), img.bit_depth
+
+
+def load_hr(specs: Iterable[str]) -> list[HRImage]:
+    """HR images from files, folders (searched recursively) and globs, in the order given."""
     from .estimate import discover_photos
 
     paths = discover_photos(list(specs))
     images = []
     for p in paths:
-        img = read_image(p, channels="RGB")
-        maxval = 255.0 if img.bit_depth == 8 else 65535.0
-        # Back to the exact integer samples: float32 k/255 is off by ~1e-8, enough to spoil a
-        # comparison with MATLAB's float64 arrays.
-        pixels = np.rint(img.pixels.astype(np.float64) * maxval) / maxval
-        images.append(HRImage(p.name, p, pixels, img.bit_depth))
+        samples, bit_depth = read_samples(p)
+        images.append(HRImage(p.name, p, samples / (255.0 if bit_depth == 8 else 65535.0), bit_depth))
     names = [im.name for im in images]
     if len(set(names)) != len(names):  # same file name in two folders: report full paths
         for im in images:
@@ -305,10 +314,13 @@ class BenchReport:
     images: list[str]
     scales: list[int]
     round_lr: bool
+    protocol: dict | None = None  # None: bench quality's (PROTOCOL and the LR rounding)
 
     def document(self) -> dict:
+        protocol = self.protocol if self.protocol is not None else {
+            **PROTOCOL, "lr": "rounded to the HR bit depth" if self.round_lr else "float, clipped to [0, 1], not rounded"}
         return {
-            "protocol": {**PROTOCOL, "lr": "rounded to the HR bit depth" if self.round_lr else "float, clipped to [0, 1], not rounded"},
+            "protocol": protocol,
             "images": self.images,
             "scales": self.scales,
             "kernel_sets": self.kernel_sets,
@@ -346,10 +358,7 @@ def run_quality(
 ) -> BenchReport:
     """Every model on every (scale, test set, image); models and kernels are loaded and checked first."""
     from kmsr_ops.image_io import write_png
-    from kmsr_ops.metrics import psnr, ssim
     from kmsr_ops.resize import modcrop
-
-    from .infer import super_resolve
 
     if not images:
         raise CliError("no HR images given")
@@ -380,13 +389,9 @@ def run_quality(
                     _write(write_png, out_images / ks.name / f"x{s}" / "_lr" / f"{Path(im.name).stem}.png",
                            np.rint(np.clip(lr, 0, 1) * im.maxval), im.bit_depth)
                 for srm in models[s]:
-                    out = super_resolve(srm, lr, tile=tile, overlap=_overlap(srm), device=device, bit_depth=im.bit_depth)
-                    sr255 = out.astype(np.float64) * (255.0 / im.maxval)
-                    hr255 = hr * 255.0
-                    row = {"image": im.name, "model": srm.name, "kernel": ks.name, "scale": s,
-                           "psnr": psnr(hr255, sr255, crop_border=s, test_y_channel=True),
-                           "ssim": ssim(hr255, sr255, crop_border=s, test_y_channel=True)}
-                    set_results.append(row)
+                    out, p, q = score_model(srm, lr, hr, im.bit_depth, device=device, tile=tile)
+                    set_results.append({"image": im.name, "model": srm.name, "kernel": ks.name, "scale": s,
+                                        "psnr": p, "ssim": q})
                     if out_images is not None:
                         _write(write_png, out_images / ks.name / f"x{s}" / srm.name / f"{Path(im.name).stem}.png",
                                out, im.bit_depth)
@@ -402,9 +407,34 @@ def run_quality(
             d["count"] = {f"x{s}": int(len(kernels[(s, ks.name)])) for s in scales}
             d["pairing"] = "image i uses kernel i mod N"
         kernel_sets.append(d)
-    model_info = [{"name": m.name, "spec": ms.spec, "input": m.input, "channels": m.channels}
-                  for ms, m in zip(model_specs, models[scales[0]])]
-    return BenchReport(results, summarise(results), kernel_sets, model_info, [im.name for im in images], scales, round_lr)
+    return BenchReport(results, summarise(results), kernel_sets, describe_models(model_specs, models[scales[0]]),
+                       [im.name for im in images], scales, round_lr)
+
+
+def describe_models(model_specs: list[ModelSpec], models: list) -> list[dict]:
+    """The ``models`` entries of the JSON document: name, spec and how each model is fed."""
+    return [{"name": m.name, "spec": ms.spec, "input": m.input, "channels": m.channels}
+            for ms, m in zip(model_specs, models)]
+
+
+def score_model(srm, lr: np.ndarray, hr: np.ndarray, bit_depth: int, *, device: str = "cpu",
+                tile: int = 512) -> tuple[np.ndarray, float, float]:
+    """Super-resolve ``lr`` with ``srm`` (fed by its own convention) and score it against ``hr``.
+
+    ``lr`` and ``hr`` are float (H, W, 3) in [0, 1]; the output is rounded to ``bit_depth`` (as a
+    saved result would be) and compared on the Y channel with ``srm.scale`` pixels shaved from
+    each border. Returns (output as uint8/uint16, Y-PSNR, SSIM).
+    """
+    from kmsr_ops.metrics import psnr, ssim
+
+    from .infer import super_resolve
+
+    s = int(srm.scale)
+    out = super_resolve(srm, lr, tile=tile, overlap=_overlap(srm), device=device, bit_depth=bit_depth)
+    sr255 = out.astype(np.float64) * (255.0 / (255.0 if bit_depth == 8 else 65535.0))
+    hr255 = hr * 255.0
+    return (out, psnr(hr255, sr255, crop_border=s, test_y_channel=True),
+            ssim(hr255, sr255, crop_border=s, test_y_channel=True))
 
 
 def _overlap(srm) -> int:
@@ -468,12 +498,19 @@ def _table_rows(summary: list[dict], mark: Callable[[str, bool], str]):
     return titles, rows
 
 
-def render_markdown(summary: list[dict], n_images: int) -> str:
+def _mean_over(n_images: int | None, unit: str) -> str:
+    """'mean over 5 images'; None (columns of different sizes): 'mean over each column's images'."""
+    if n_images is None:
+        return f"mean over each column's {unit}s"
+    return f"mean over {n_images} {unit}{'s' if n_images != 1 else ''}"
+
+
+def render_markdown(summary: list[dict], n_images: int | None, *, unit: str = "image") -> str:
     titles, rows = _table_rows(summary, lambda t, is_best: f"**{t}**" if is_best else t)
     lines = ["| model | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(titles)]
     lines += [f"| {m} | " + " | ".join(row) + " |" for m, row in rows]
     lines.append("")
-    lines.append(f"Y-PSNR (dB) / SSIM, mean over {n_images} image{'s' if n_images != 1 else ''}, "
+    lines.append(f"Y-PSNR (dB) / SSIM, {_mean_over(n_images, unit)}, "
                  "scale pixels shaved from each border; best per column in bold.")
     return "\n".join(lines) + "\n"
 
@@ -487,12 +524,12 @@ def render_csv(results: list[dict]) -> str:
     return buf.getvalue()
 
 
-def rich_table(summary: list[dict], n_images: int):
+def rich_table(summary: list[dict], n_images: int | None, *, unit: str = "image"):
     from rich.markup import escape
     from rich.table import Table
 
     titles, rows = _table_rows(summary, lambda t, is_best: f"[bold green]{t}*[/]" if is_best else f"{t} ")
-    table = Table(title=f"Y-PSNR (dB) / SSIM, mean over {n_images} image{'s' if n_images != 1 else ''}",
+    table = Table(title=f"Y-PSNR (dB) / SSIM, {_mean_over(n_images, unit)}",
                   caption="* best in its column; scale pixels shaved from each border")
     table.add_column("model", style="bold")
     for t in titles:
