@@ -20,7 +20,7 @@ import kmsr_backbones
 from kmsr_backbones import published
 
 INFO_KEYS = {"input", "channels", "scales", "receptive_field", "size_multiple", "options"}
-BUILTINS = {"kmsr", "srcnn", "vdsr", "edsr", "dbpn"}
+BUILTINS = {"kmsr", "kmsr_lr", "srcnn", "vdsr", "edsr", "dbpn", "carn_m", "imdn"}
 
 # Small configurations: every layer type of the real network, CPU-test sized.
 TINY = {
@@ -29,6 +29,9 @@ TINY = {
     "vdsr": {"layers": 5, "filters": 8},
     "edsr": {"blocks": 2, "filters": 8},
     "dbpn": {"variant": "small", "stages": 3, "filters": 8, "feat": 8},
+    "kmsr_lr": {"blocks": 2, "filters": 8},
+    "carn_m": {"filters": 8, "groups": 2},
+    "imdn": {"filters": 16, "modules": 2},
 }
 
 
@@ -61,7 +64,8 @@ def test_info_declares_the_feeding_convention(host, name):
     assert INFO_KEYS <= set(info)
     assert info["input"] in ("upsampled", "lr") and info["channels"] in ("rgb", "y")
     expected = {"kmsr": ("upsampled", "rgb"), "srcnn": ("upsampled", "y"), "vdsr": ("upsampled", "y"),
-                "edsr": ("lr", "rgb"), "dbpn": ("lr", "rgb")}[name]
+                "edsr": ("lr", "rgb"), "dbpn": ("lr", "rgb"), "kmsr_lr": ("lr", "rgb"), "carn_m": ("lr", "rgb"),
+                "imdn": ("lr", "rgb")}[name]
     assert (info["input"], info["channels"]) == expected
     # The info is written without importing torch; it must agree with what the networks build.
     rfs = []

@@ -1,4 +1,4 @@
-"""Built-in plugin: super-resolution backbones (KMSR, SRCNN, VDSR, EDSR, D-DBPN).
+"""Built-in plugin: super-resolution backbones (KMSR, SRCNN, VDSR, EDSR, D-DBPN, CARN-M, IMDN).
 
 Registered through the ``kmsr`` entry-point group like any third-party plugin. Importing this
 package is cheap (torch loads when a network is built), so ``kmsr plugins`` stays quick.
@@ -13,15 +13,27 @@ Each backbone's registry ``info`` says how it is fed and what it accepts:
   output pixel depends on, for the default options (the largest over ``scales`` where it depends
   on the scale; the built module's ``receptive_field`` is exact for its own options);
   ``size_multiple``: input sides must be multiples of it (1 for every built-in);
-- ``options``: constructor options with their defaults.
+- ``options``: constructor options with their defaults;
+- ``published_weights``: present when ``weights=PATH`` loads published weights (what file);
+- ``init_allowed``: False when those published weights may serve only for comparison (no
+  licence): ``kmsr train`` then refuses to start from them (``--init NAME:FILE`` or
+  ``--option weights=FILE``); ``weights_licence`` says why;
+- ``global_context``: True when the network pools over the whole input (IMDN's channel
+  attention), so tiles with a ``receptive_field`` margin are close to, not equal to, untiled output.
+
+Every command takes how a backbone is fed from this registration; attributes of the built
+module (below) may refine the numbers for its own options but must not contradict the kinds
+(:func:`kmsr_cli.models.backbone_convention`).
 
 Factories are called as ``factory(scale=S, **options)`` and return a
 :class:`~kmsr_backbones.base.SRBackbone` (a ``torch.nn.Module`` mapping a float (N, C, H, W)
 tensor in [0, 1] to the output), which also carries ``scale``, ``options`` (resolved, enough to
 rebuild it), ``input_kind``, ``channels``, ``receptive_field`` and ``size_multiple``.
 
-``srcnn`` and ``vdsr`` also take ``weights=PATH`` to load the published weights (see
-:mod:`kmsr_backbones.published`; the files are not part of kmsr).
+``srcnn``, ``vdsr``, ``carn_m`` and ``imdn`` also take ``weights=PATH`` to load the published
+weights (see :mod:`kmsr_backbones.published`; the files are not part of kmsr). ``imdn``'s are for
+comparison only: the weights are never redistributed and kmsr never initialises a shipped model
+from them.
 """
 
 from __future__ import annotations
@@ -40,6 +52,9 @@ EDSR_OPTIONS = {"blocks": 16, "filters": 64, "res_scale": 1.0}
 DBPN_OPTIONS = {"variant": "d-dbpn", "stages": 7, "filters": 64, "feat": 256}
 DBPN_PROJECTION = {2: (6, 2, 2), 4: (8, 4, 2), 8: (12, 8, 2)}
 CARN_M_OPTIONS = {"filters": 64, "groups": 4, "multi_scale": False}
+IMDN_OPTIONS = {"filters": 64, "modules": 6}
+IMDN_LICENCE = ("comparison only: the weights are never redistributed and kmsr never initialises a shipped "
+                "model from them (no licence is stated for the published IMDN weights)")
 
 _LAZY = {
     "SRBackbone": "base",
@@ -50,12 +65,15 @@ _LAZY = {
     "EDSR": "edsr",
     "DBPN": "dbpn",
     "CARNM": "carn",
+    "IMDN": "imdn",
     "load_srcnn_weights": "published",
     "load_vdsr_weights": "published",
     "load_carn_m_weights": "published",
+    "load_imdn_weights": "published",
 }
 
-__all__ = [*_LAZY, "make_kmsr", "make_kmsr_lr", "make_srcnn", "make_vdsr", "make_edsr", "make_dbpn", "make_carn_m"]
+__all__ = [*_LAZY, "make_kmsr", "make_kmsr_lr", "make_srcnn", "make_vdsr", "make_edsr", "make_dbpn", "make_carn_m",
+           "make_imdn"]
 
 
 def __getattr__(name: str):
@@ -144,6 +162,19 @@ def make_carn_m(scale: int = 4, *, weights=None, **options):
     return CARNM(scale, **options)
 
 
+def make_imdn(scale: int = 4, *, weights=None, **options):
+    """IMDN; options ``filters``, ``modules``, ``weights`` (a published per-scale .npz, comparison only)."""
+    if weights is not None:
+        from .published import load_imdn_weights
+
+        model = load_imdn_weights(weights, scale=scale)
+        _check_weights_options(weights, model, options)
+        return model
+    from .imdn import IMDN
+
+    return IMDN(scale, **options)
+
+
 @hookimpl
 def kmsr_register_backbones(register):
     register(
@@ -207,4 +238,16 @@ def kmsr_register_backbones(register):
         receptive_field=max(rf.carn_m_rf(s) for s in (2, 3, 4)), size_multiple=1,
         options={**CARN_M_OPTIONS, "weights": None},
         published_weights="carn_m_state_dict.npz (weights=PATH; one file for x2/x3/x4)",
+    )
+    register(
+        "imdn",
+        make_imdn,
+        description="IMDN (Hui et al. 2019): information multi-distillation modules with contrast-aware "
+        "channel attention and a pixel-shuffle upsampler on the LR RGB image; published weights for "
+        f"{IMDN_LICENCE}",
+        input="lr", channels="rgb", scales=[2, 3, 4],
+        receptive_field=max(rf.imdn_rf(s, IMDN_OPTIONS["modules"]) for s in (2, 3, 4)), size_multiple=1,
+        options={**IMDN_OPTIONS, "weights": None}, global_context=True,
+        published_weights="IMDN_x{2,3,4}_state_dict.npz (weights=PATH; one file per scale; comparison only)",
+        init_allowed=False, weights_licence=IMDN_LICENCE,
     )

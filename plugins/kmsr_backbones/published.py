@@ -1,4 +1,4 @@
-"""Loaders for the published SRCNN and VDSR weights (not shipped with kmsr: pass the file path).
+"""Loaders for published SR weights: SRCNN, VDSR, CARN-M, IMDN (not shipped with kmsr: pass the file path).
 
 - SRCNN 9-1-5 (Dong et al. 2014), one ``.npz`` per scale with keys ``conv{1,2,3}.{weight,bias}``
   (float32, PyTorch OIHW layout), e.g. ``srcnn_915_x3_oihw.npz``. A file whose ``conv2`` is 5x5
@@ -6,9 +6,16 @@
 - VDSR (Kim et al. 2016, the PyTorch re-training of twtygqyy/pytorch-vdsr), one ``.npz`` for all
   scales with keys ``input.weight``, ``residual_layer.{0..17}.conv.weight``, ``output.weight``.
 
-Both take Y (BT.601 studio range, MATLAB ``rgb2ycbcr``) in [0, 1] of the MATLAB-bicubic-upscaled
-image and return Y in [0, 1]; clip to [0, 1] before measuring. A missing, corrupt or foreign file
-raises :class:`KmsrInputError` naming the file and what was expected. Nothing is unpickled.
+- CARN-M (Ahn et al. 2018, nmhkahn/CARN-pytorch, MIT), one multi-scale ``.npz``
+  (``carn_m_state_dict.npz``).
+- IMDN (Hui et al. 2019, Zheng222/IMDN), one ``.npz`` per scale (``IMDN_x{2,3,4}_state_dict.npz``).
+  No licence is stated, so they serve for comparison only: the weights are never redistributed
+  and kmsr never initialises a shipped model from them.
+
+SRCNN and VDSR take Y (BT.601 studio range, MATLAB ``rgb2ycbcr``) in [0, 1] of the
+MATLAB-bicubic-upscaled image and return Y in [0, 1]; CARN-M and IMDN take the LR RGB image in
+[0, 1]. Clip outputs to [0, 1] before measuring. A missing, corrupt or foreign file raises
+:class:`KmsrInputError` naming the file and what was expected. Nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -146,4 +153,57 @@ def load_carn_m_weights(path: str | os.PathLike, *, scale: int | None = None, mu
     model = CARNM(scale, multi_scale=multi_scale)
     keys = model.state_dict().keys()
     model.load_state_dict({k: torch.from_numpy(arrays[k].astype(np.float32)) for k in keys})
+    return model.eval()
+
+
+def _imdn_expected(scale: int, filters: int = 64, modules: int = 6) -> dict[str, tuple]:
+    f, d = filters, filters // 4
+    r = f - d
+    exp: dict[str, tuple] = {"fea_conv.weight": (f, 3, 3, 3), "fea_conv.bias": (f,)}
+    for i in range(1, modules + 1):
+        p = f"IMDB{i}."
+        for name, cin, cout, k in (("c1", f, f, 3), ("c2", r, f, 3), ("c3", r, f, 3), ("c4", r, d, 3), ("c5", 4 * d, f, 1)):
+            exp[f"{p}{name}.weight"], exp[f"{p}{name}.bias"] = (cout, cin, k, k), (cout,)
+        red = 4 * d // 16
+        exp[f"{p}cca.conv_du.0.weight"], exp[f"{p}cca.conv_du.0.bias"] = (red, 4 * d, 1, 1), (red,)
+        exp[f"{p}cca.conv_du.2.weight"], exp[f"{p}cca.conv_du.2.bias"] = (4 * d, red, 1, 1), (4 * d,)
+    exp["c.0.weight"], exp["c.0.bias"] = (f, modules * f, 1, 1), (f,)
+    exp["LR_conv.weight"], exp["LR_conv.bias"] = (f, f, 3, 3), (f,)
+    exp["upsampler.0.weight"], exp["upsampler.0.bias"] = (3 * scale * scale, f, 3, 3), (3 * scale * scale,)
+    return exp
+
+
+def load_imdn_weights(path: str | os.PathLike, *, scale: int | None = None):
+    """IMDN with the published weights of one scale (``IMDN_x{2,3,4}_state_dict.npz``, Zheng222/IMDN).
+
+    The weights state no licence, so they serve for comparison only: the weights are never
+    redistributed and kmsr never initialises a shipped model from them.
+
+    :param scale: the file's scale; default the file name's ``_xN_``, else what the upsampler's
+        shape says. A file for another scale than ``scale`` is refused, naming both.
+    """
+    from .imdn import IMDN, SCALES
+
+    what = "IMDN weights (fea_conv, IMDB1..6, c.0, LR_conv, upsampler.0)"
+    arrays = read_npz(path, what)
+    up = arrays.get("upsampler.0.weight")
+    file_scale = None
+    if up is not None and up.ndim == 4:
+        file_scale = next((s for s in SCALES if 3 * s * s == up.shape[0]), None)
+    if scale is None:
+        scale = scale_from_name(path) or file_scale
+    if scale is None:
+        raise KmsrInputError(f"{path}: cannot tell the scale of these {what}; pass scale=")
+    if scale not in SCALES:
+        raise KmsrInputError(f"scale: expected one of {', '.join(map(str, SCALES))}, found {scale!r}")
+    if file_scale is not None and file_scale != scale:
+        raise KmsrInputError(f"{path}: the upsampler is for x{file_scale} (upsampler.0.weight {tuple(up.shape)}), "
+                             f"not x{scale}; IMDN has one weights file per scale")
+    expected = _imdn_expected(scale)
+    _check_arrays(path, arrays, expected, what)
+    extra = sorted(set(arrays) - set(expected))
+    if extra:
+        raise KmsrInputError(f"{path}: unexpected array {extra[0]!r} ({len(extra)} such) in {what}")
+    model = IMDN(scale)
+    model.load_state_dict({k: torch.from_numpy(arrays[k].astype(np.float32)) for k in expected})
     return model.eval()

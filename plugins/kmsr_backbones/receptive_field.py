@@ -127,3 +127,16 @@ def carn_m_rf(scale: int) -> int:
         iv = pixel_shuffle(conv(iv, 3), s)
     iv = conv(iv, 3)
     return lr_width(iv, scale)
+
+
+def imdn_rf(scale: int, modules: int = 6) -> int:
+    """IMDN's convolutions: fea_conv 3x3; per module the chain c1, c2, c3, c4 (3x3 each; the
+    distilled splits and the 1x1 c5 reach less far); the 1x1 fusion, LR_conv 3x3, and the
+    upsampler's 3x3 at LR before the pixel shuffle. The channel attention's global mean and
+    standard deviation are left out: they make every output depend a little on every input."""
+    iv = conv(IMPULSE, 3)
+    for _ in range(modules):
+        for _ in range(4):
+            iv = conv(iv, 3)
+    iv = pixel_shuffle(conv(conv(iv, 3), 3), scale)
+    return lr_width(iv, scale)
