@@ -65,8 +65,15 @@ def kmsr_register_backbones(register):
     """Register super-resolution backbones (stage 3 networks).
 
     ``info`` must say how the backbone is fed: ``input`` (``"upsampled"``, the bicubic-upscaled
-    image, or ``"lr"``), ``channels`` (``"rgb"`` or ``"y"``) and ``scales`` (a list of ints).
-    The factory returns a ``torch.nn.Module``.
+    image, or ``"lr"``), ``channels`` (``"rgb"`` or ``"y"``) and ``scales`` (a list of ints);
+    optional: ``receptive_field`` (input pixels one output pixel depends on; sets the tile margin
+    of ``kmsr sr``), ``size_multiple`` (input sides must divide by it; default 1), ``options``
+    (the factory's keyword defaults), ``published_weights`` (the factory loads published weights
+    from ``weights=PATH``, so ``NAME:PATH`` works in ``--model`` and ``--init``), ``init_allowed``
+    (False: those weights are for comparison only and never start a training run).
+    The factory is called as ``factory(scale=S, **options)`` and returns a ``torch.nn.Module``
+    mapping a float (N, C, H, W) tensor in [0, 1] to its output; the module needs no attributes:
+    every command feeds it as the registration says (``kmsr_cli.models.backbone_convention``).
 
     :param register: ``register(name, factory, *, description="", available=None, **info)``.
     """

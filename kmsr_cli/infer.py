@@ -15,6 +15,12 @@ the crop's interior is the global result. Nothing image-sized is ever held in fl
 output is quantised tile by tile into an integer buffer, which keeps a 4096x4096 input within
 a few GB.
 
+A network whose input sides must be multiples of ``size_multiple`` gets each crop padded at the
+bottom and right by repeating the last row and column, and its output cropped back; crops start
+on multiples of it. A network that pools over its whole input (``global_context``, IMDN's
+channel attention) sees per-tile statistics when tiled, so ``tile=0`` is needed for the exact
+untiled result; a warning says so.
+
 On the CPU the network runs on the fastest path that reproduces PyTorch eager (to 1e-4 on a
 probe input, checked once per model): ONNX Runtime when it is installed (``pip install
 'kmsr[fast]'``), else PyTorch with channels-last tensors; ``fast=False`` or the environment
@@ -58,6 +64,8 @@ class SRModel:
     input: str = "upsampled"  # "upsampled" | "lr"
     channels: str = "rgb"  # "rgb" | "y"
     receptive_field: int = 0  # in network-input pixels (0 = unknown)
+    size_multiple: int = 1  # network-input sides must be multiples of it (padded at the bottom/right)
+    global_context: bool = False  # pools over the whole input: tiles are close to, not equal to, untiled
     name: str = "model"
     meta: dict = field(default_factory=dict)
     # The fast CPU runner, built once per model (export and check cost a second or two).
@@ -70,6 +78,8 @@ class SRModel:
             raise KmsrInputError(f"model channels: expected 'rgb' or 'y', found {self.channels!r}")
         if int(self.scale) != self.scale or self.scale < 1:
             raise KmsrInputError(f"model scale: expected a positive integer, found {self.scale!r}")
+        if int(self.size_multiple) != self.size_multiple or self.size_multiple < 1:
+            raise KmsrInputError(f"model size_multiple: expected a positive integer, found {self.size_multiple!r}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,8 @@ class _Runner:
         self.device = torch.device(device)
         self.dtype = torch.float16 if half else torch.float32
         self.module = model.module.to(self.device).to(self.dtype).eval()
+        self.multiple = int(model.size_multiple)
+        self.factor = int(model.scale) if model.input == "lr" else 1
         self.backend = "eager"
         self._fast = None
         if fast is None:
@@ -132,6 +144,15 @@ class _Runner:
                 self._fast, self.backend = _fast_cpu_runner(model, self.module)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        m = self.multiple
+        h, w = x.shape[-2:]
+        if m > 1 and (h % m or w % m):
+            # The network takes sides that are multiples of m: repeat the last row/column, crop back.
+            x = np.pad(x, ((0, 0), (0, 0), (0, -h % m), (0, -w % m)), mode="edge")
+            return self._run(x)[..., : h * self.factor, : w * self.factor]
+        return self._run(x)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
         if self._fast is not None:
             return self._fast(np.ascontiguousarray(x, dtype=np.float32))
         torch = self.torch
@@ -144,7 +165,7 @@ class _Runner:
 class _OrtRunner:
     """The network exported to ONNX (height and width left free) and run by ONNX Runtime."""
 
-    def __init__(self, module, channels: int):
+    def __init__(self, module, channels: int, side: int = _PROBE_SIDE):
         import onnxruntime as ort
         import torch
 
@@ -155,7 +176,7 @@ class _OrtRunner:
             # the exported network is checked against eager before it is used.
             warnings.simplefilter("ignore")
             with torch.no_grad():
-                torch.onnx.export(module, torch.zeros(1, channels, _PROBE_SIDE, _PROBE_SIDE), buf, dynamo=False,
+                torch.onnx.export(module, torch.zeros(1, channels, side, side), buf, dynamo=False,
                                   input_names=["x"], output_names=["y"], opset_version=17,
                                   dynamic_axes={"x": {2: "h", 3: "w"}, "y": {2: "oh", 3: "ow"}})
         so = ort.SessionOptions()
@@ -171,7 +192,7 @@ class _OrtRunner:
 class _ChannelsLastRunner:
     """PyTorch with NHWC tensors and weights: oneDNN's convolutions without layout reorders."""
 
-    def __init__(self, module, channels: int):
+    def __init__(self, module, channels: int, side: int = _PROBE_SIDE):
         import torch
 
         self.torch = torch
@@ -204,13 +225,15 @@ def _fast_cpu_runner(model: SRModel, module):
     if cached is not None and cached[0] == key:
         return cached[1], cached[2]
     cin = 1 if model.channels == "y" else 3
-    probe = np.random.default_rng(0).random((1, cin, _PROBE_SIDE, _PROBE_SIDE), dtype=np.float32)
+    m = int(model.size_multiple)
+    side = -(-_PROBE_SIDE // m) * m
+    probe = np.random.default_rng(0).random((1, cin, side, side), dtype=np.float32)
     with torch.inference_mode():
         want = module(torch.from_numpy(probe)).float().numpy()
     runner, name, skipped = None, "eager", []
     for cand, build in FAST_BACKENDS.items():
         try:
-            r = build(module, cin)
+            r = build(module, cin) if side == _PROBE_SIDE else build(module, cin, side)
             got = np.asarray(r(probe))
         except ImportError as exc:
             what = "is not installed" if exc.name in (None, cand) else f"needs {exc.name}, which is not installed"
@@ -276,6 +299,9 @@ def super_resolve(
     if model.input == "lr" and tile:
         tile = max(s, tile - tile % s)  # LR-input tiles start on LR pixel boundaries
     tiles = plan_tiles(out_h, out_w, tile)
+    if model.global_context and len(tiles) > 1:
+        log.warning("%s pools statistics over its whole input; in %d tiles the result differs slightly from "
+                    "the untiled one (--tile 0 for that)", model.name, len(tiles))
     for n, t in enumerate(tiles):
         restored = _tile(model, run, rgb, t, s, overlap)  # (3, th, tw) RGB float in [0, 1]
         if grey:
@@ -312,6 +338,7 @@ def _tile(model: SRModel, run: _Runner, rgb: np.ndarray, t: Tile, s: int, overla
         m = overlap
         ey0, ey1 = max(0, t.y0 - m), min(h * s, t.y1 + m)
         ex0, ex1 = max(0, t.x0 - m), min(w * s, t.x1 + m)
+        ey0, ex0 = ey0 - ey0 % model.size_multiple, ex0 - ex0 % model.size_multiple  # keep the network's grid
         up = _bicubic_region(rgb, s, ey0, ey1, ex0, ex1)  # (eh, ew, 3)
         net_out = _run_channels(model, run, up, scale=1)  # (3, eh, ew)
         return net_out[:, t.y0 - ey0 : t.y1 - ey0, t.x0 - ex0 : t.x1 - ex0]
@@ -325,6 +352,7 @@ def _tile(model: SRModel, run: _Runner, rgb: np.ndarray, t: Tile, s: int, overla
         m = max(m, _BICUBIC_MARGIN)  # the chroma is upscaled bicubically from this crop
     ey0, ey1 = max(0, ly0 - m), min(h, ly1 + m)
     ex0, ex1 = max(0, lx0 - m), min(w, lx1 + m)
+    ey0, ex0 = ey0 - ey0 % model.size_multiple, ex0 - ex0 % model.size_multiple  # keep the network's grid
     crop = rgb[ey0:ey1, ex0:ex1]
     net_out = _run_channels(model, run, crop, scale=s)  # (3, s*eh, s*ew)
     oy, ox = (ly0 - ey0) * s, (lx0 - ex0) * s

@@ -37,6 +37,7 @@ from kmsr_ops.files import file_sha256
 
 from .atomic import replace_atomically
 from .errors import CliError
+from .models import backbone_convention
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 # scikit-image's bundled photos that are public domain or CC0 (scikit-image's data docs):
@@ -208,13 +209,22 @@ def _y_psnr(out, target, scale: int) -> float:
     return float(np.mean(vals))
 
 
+def _refuse_comparison_only(bb, what: str) -> None:
+    """A backbone whose published weights are for comparison only (``init_allowed=False``) never starts a run."""
+    if bb.info.get("init_allowed", True) is False:
+        why = bb.info.get("weights_licence") or "comparison only"
+        raise CliError(f"{what}: kmsr does not train from the published {bb.name!r} weights: {why}",
+                       hint=f"train {bb.name!r} from scratch (no --init), or start from weights whose licence allows it")
+
+
 def initialise_from(model, spec: str, *, backbone: str, scale: int, host) -> dict:
     """Load starting weights into ``model`` from ``spec``: a kmsr checkpoint (``.safetensors``) or
     ``NAME:WEIGHTS`` (a backbone's published weights, e.g. ``carn_m:carn_m_state_dict.npz``).
 
     The weights must be for the same backbone and fit ``model`` tensor for tensor; otherwise a
     :class:`CliError` names the first tensor that is missing, unexpected or of another shape.
-    Returns ``{"spec", "backbone", "tensors"}``.
+    Published weights of a backbone registered with ``init_allowed=False`` (IMDN's: no licence,
+    comparison only) are refused. Returns ``{"spec", "backbone", "tensors"}``.
     """
     import torch
 
@@ -241,9 +251,10 @@ def initialise_from(model, spec: str, *, backbone: str, scale: int, host) -> dic
         if name != backbone:
             raise CliError(f"--init {spec}: weights for backbone {name!r}, but --backbone is {backbone!r}",
                            hint=f"use --backbone {name}")
+        bb = host.get("backbones", name)
+        _refuse_comparison_only(bb, f"--init {spec}")
         if not Path(weights).is_file():
             raise CliError(f"--init {spec}: {weights}: no such weights file")
-        bb = host.get("backbones", name)
         if bb.info.get("published_weights") is None:
             raise CliError(f"--init {spec}: backbone {name!r} has no published-weights loader; "
                            "give a kmsr checkpoint (.safetensors) instead")
@@ -327,14 +338,20 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
     scales = bb.info.get("scales")
     if scales and cfg.scale not in scales:
         raise CliError(f"backbone {cfg.backbone!r} supports scales {scales}, not x{cfg.scale}")
+    if cfg.backbone_options.get("weights") is not None:
+        _refuse_comparison_only(bb, f"--option weights={cfg.backbone_options['weights']}")
+    backbone_convention(bb, scale=cfg.scale)  # the registration is complete, before anything is built
     torch.manual_seed(cfg.seed)
+    # What the model is built with; saved with it when the module does not carry its own options.
+    build_options = {**bb.info.get("options", {}), **cfg.backbone_options}
     model = bb.create(scale=cfg.scale, **cfg.backbone_options).to(dev)
+    conv = backbone_convention(bb, model, scale=cfg.scale)
+    own = getattr(model, "options", None)
+    save_options = dict(own) if isinstance(own, dict) else build_options
     init_info = None
     if cfg.init and not resume:
         init_info = initialise_from(model, cfg.init, backbone=cfg.backbone, scale=cfg.scale, host=host)
         log(f"initialised from {cfg.init} ({init_info['tensors']} tensors)")
-    conv = {"input": getattr(model, "input_kind", bb.info.get("input", "upsampled")),
-            "channels": getattr(model, "channels", bb.info.get("channels", "rgb"))}
 
     # ---- degradation, with the pool's kernels when it needs them
     dg = host.get("degradations", cfg.degradation)
@@ -352,11 +369,14 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
         pool_fp = file_sha256(cfg.pool)
     elif cfg.pool:
         raise CliError(f"degradation {cfg.degradation!r} does not use a pool; drop --pool or use --degradation pool")
-    degrade = dg.create(scale=cfg.scale, input=conv["input"], channels=conv["channels"], **dopts)
+    degrade = dg.create(scale=cfg.scale, input=conv.input, channels=conv.channels, **dopts)
     multiple = int(getattr(degrade, "hr_multiple", cfg.scale))
+    # The network input (LR for "lr" backbones) must have sides that are multiples of size_multiple.
+    multiple = math.lcm(multiple, conv.size_multiple * (cfg.scale if conv.input == "lr" else 1))
     if cfg.patch % multiple:
-        raise KmsrInputError(f"patch: the {cfg.degradation} degradation at x{cfg.scale} needs HR patches that are "
-                             f"multiples of {multiple}, found {cfg.patch}; try --patch {cfg.patch - cfg.patch % multiple}")
+        raise KmsrInputError(f"patch: the {cfg.degradation} degradation and backbone {cfg.backbone!r} at x{cfg.scale} "
+                             f"need HR patches that are multiples of {multiple}, found {cfg.patch}; "
+                             f"try --patch {cfg.patch - cfg.patch % multiple}")
 
     # ---- data
     images, names = load_hr_images(cfg.data, default=SKIMAGE_TRAIN)
@@ -449,9 +469,11 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
                 **gens,
             }
             replace_atomically(state_path, lambda tmp: torch.save(state, tmp), fsync=True)
-            save_model(run_dir / "model.safetensors", model, backbone=cfg.backbone, scale=cfg.scale, extra=extra)
+            save_model(run_dir / "model.safetensors", model, backbone=cfg.backbone, scale=cfg.scale,
+                       options=save_options, extra=extra)
         if kind in ("best", "both"):
-            save_model(run_dir / "best.safetensors", model, backbone=cfg.backbone, scale=cfg.scale, extra=extra)
+            save_model(run_dir / "best.safetensors", model, backbone=cfg.backbone, scale=cfg.scale,
+                       options=save_options, extra=extra)
 
     def validate() -> float | None:
         if not val_images:

@@ -9,6 +9,8 @@ Reusable pieces:
   into it (``--target``); put it on PYTHONPATH (``run_kmsr(..., plugin_site=site)``) to make the
   ``example`` plugin and its ``box`` generator visible.
 - ``run_kmsr_example``: ``run_kmsr`` with that folder already on PYTHONPATH.
+- ``example_backbone_site``: the same for ``tests/fixtures/kmsr-example-backbone`` (an LR-input
+  backbone that is a plain torch module); removed again at the end of the session.
 - ``random_kernels(n, k, seed)``: valid (N, K, K) kernels that are not symmetric along any
   axis (so a transposed or sliced read is caught).
 - ``write_set(path, kernels, ...)``: write a kernel set with per-kernel provenance.
@@ -31,6 +33,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXAMPLE_PLUGIN_SRC = FIXTURES / "kmsr-example-plugin"
+EXAMPLE_BACKBONE_SRC = FIXTURES / "kmsr-example-backbone"
 
 # Variables that change what the CLI does; subprocesses start without them unless a test sets them.
 _CLEAN_ENV_VARS = ("KMSR_DEBUG", "KMSR_PLUGINS", "KMSR_DISABLE_PLUGINS", "FORCE_COLOR", "CLICOLOR_FORCE", "PYTHONSTARTUP")
@@ -80,27 +83,41 @@ def run_kmsr(tmp_path) -> Callable[..., subprocess.CompletedProcess]:
     return run
 
 
-@pytest.fixture(scope="session")
-def external_plugin_site(tmp_path_factory) -> Path:
-    """The example plugin pip-installed (no network, no deps) into a private folder.
+def install_fixture_package(src_dir: Path, root: Path, module: str) -> Path:
+    """pip-install the fixture distribution in ``src_dir`` (no network, no deps) into ``root/site``.
 
-    The fixture source is copied first, because building in place would leave build/ and
-    *.egg-info/ inside tests/fixtures.
+    Nothing goes into the environment running the tests: the package is visible only to
+    processes that put the returned folder on PYTHONPATH. The source is copied first, because
+    building in place would leave build/ and *.egg-info/ inside tests/fixtures.
     """
-    root = tmp_path_factory.mktemp("external-plugin")
     src = root / "src"
     site = root / "site"
-    shutil.copytree(EXAMPLE_PLUGIN_SRC, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    shutil.copytree(src_dir, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     cmd = [
         sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
         "--disable-pip-version-check", "--target", str(site), str(src),
     ]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
     if proc.returncode != 0:
-        pytest.fail(f"installing the example plugin failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    assert (site / "kmsr_example_plugin" / "__init__.py").is_file()
-    assert list(site.glob("kmsr_example_plugin-*.dist-info")), "no dist-info: the entry point would not be found"
+        pytest.fail(f"installing {src_dir.name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    assert (site / module / "__init__.py").is_file()
+    assert list(site.glob(f"{module}-*.dist-info")), "no dist-info: the entry point would not be found"
     return site
+
+
+@pytest.fixture(scope="session")
+def external_plugin_site(tmp_path_factory) -> Path:
+    """The example plugin pip-installed (no network, no deps) into a private folder."""
+    return install_fixture_package(EXAMPLE_PLUGIN_SRC, tmp_path_factory.mktemp("external-plugin"), "kmsr_example_plugin")
+
+
+@pytest.fixture(scope="session")
+def example_backbone_site(tmp_path_factory):
+    """The example backbone plugin installed into a private folder; uninstalled (deleted) afterwards."""
+    root = tmp_path_factory.mktemp("example-backbone")
+    site = install_fixture_package(EXAMPLE_BACKBONE_SRC, root, "kmsr_example_backbone")
+    yield site
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
