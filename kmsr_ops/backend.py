@@ -93,7 +93,8 @@ def resolve_device(device: str) -> str:
     """Turn ``auto|cpu|cuda|cuda:N`` into a concrete torch device string.
 
     ``auto`` picks CUDA when torch sees a device and KMSR_FORCE_CPU is not set.
-    Asking for ``cuda`` where there is none is an error that says why.
+    Asking for ``cuda`` where there is none, or for an unknown device, raises
+    :class:`~kmsr_ops.errors.KmsrInputError` saying why (the CLI prints it as one line, exit 1).
     """
     device = (device or "auto").strip().lower()
     if device == "auto":
@@ -105,9 +106,13 @@ def resolve_device(device: str) -> str:
     if device == "cuda" or device.startswith("cuda:"):
         status = torch_cuda_status()
         if not status:
-            raise RuntimeError(f"--device {device} was asked for, but {status.reason}; use --device cpu")
+            from .errors import KmsrInputError
+
+            raise KmsrInputError(f"--device {device} was asked for, but {status.reason}; use --device cpu or auto")
         return device
-    raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, found {device!r}")
+    from .errors import KmsrInputError
+
+    raise KmsrInputError(f"--device: expected auto, cpu, cuda or cuda:N, found {device!r}")
 
 
 def numba_cache_ok(module_file: str) -> bool:
