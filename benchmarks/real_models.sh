@@ -61,3 +61,21 @@ if has train; then
     --pool "$WORK/pool_x4.h5" --scale 4 --patch 192 "${COMMON[@]}" -o "$WORK/runs/carn_real_x4" > "$WORK/train_x4.log" 2>&1 &
   wait
 fi
+
+# Stage 4: the tables. The twin of the new models' architecture trained on bicubic pairs is the
+# published CARN-M itself (their initialisation, fully trained on bicubic DIV2K pairs).
+PUB="bicubic,srcnn:$W/srcnn/srcnn_915_x{s}_oihw.npz,vdsr:$W/vdsr/vdsr_model_epoch_50_state_dict.npz"
+PUB="$PUB,carn_m:$W/carn/carn_m_state_dict.npz,imdn:$W/imdn/IMDN_x{s}_state_dict.npz"
+if has bench; then
+  R="$WORK/runs"
+  for S in 2 4; do
+    kmsr bench quality --hr "$SHARED/sr/Set5" --scales $S \
+      --kernels "bicubic,g1.25,g1.6,g1.7,div2krk=$SHARED/kernels/div2krk/div2krk_gt_k_x{s}.npy" \
+      --models "$PUB" --models "kmsr-real=$R/carn_real_x$S/best.safetensors" \
+      --markdown > "$WORK/table1_x$S.md" &
+  done
+  kmsr bench real --pairs "$SHARED/real_pairs/RealSR_x4_Canon" --scale 4 \
+    --models "$PUB" --models "kmsr-real=$R/carn_real_x4/best.safetensors" \
+    --save "$WORK/real_strips" --markdown > "$WORK/real_x4.md" &
+  wait
+fi
