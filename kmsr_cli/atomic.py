@@ -33,3 +33,19 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[str], None], *,
             os.unlink(tmp)
         raise
     return path
+
+
+def check_output_folder(path: str | os.PathLike, option: str) -> Path:
+    """Refuse, before any work, an output folder that cannot be one: ``path`` or one of the
+    folders above it exists and is not a folder. Returns ``path``; creates nothing."""
+    from .errors import CliError
+
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                what = "is an existing file" if p == path else f"cannot be made: {p} is an existing file"
+                raise CliError(f"{option} {path}: a folder is expected, but it {what}",
+                               hint=f"choose another {option}, or move {p} away")
+            break
+    return path

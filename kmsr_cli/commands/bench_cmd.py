@@ -114,6 +114,10 @@ def quality(
 
     if sum((json, csv, markdown)) > 1:
         raise typer.BadParameter("choose one of --json, --csv, --markdown", param_hint="--json/--csv/--markdown")
+    if out_images is not None:
+        from ..atomic import check_output_folder
+
+        check_output_folder(out_images, "--out-images")
     scale_list = parse_scales(scales)
     kernel_specs = parse_kernels(kernels)
     model_specs = parse_models(models)
@@ -210,6 +214,10 @@ def real(
 
     if sum((json, csv, markdown)) > 1:
         raise typer.BadParameter("choose one of --json, --csv, --markdown", param_hint="--json/--csv/--markdown")
+    if save is not None:
+        from ..atomic import check_output_folder
+
+        check_output_folder(save, "--save")
     model_specs = parse_models(models)
     pair_sets = parse_pair_sets(pairs, scale)
     dev = resolve_device(device)

@@ -29,8 +29,10 @@ def demo(
     """
     from kmsr_ops.backend import resolve_device
 
+    from ..atomic import check_output_folder
     from ..demo import run_demo
 
+    check_output_folder(out, "-o")
     dev = resolve_device(device)
 
     def say(msg: str) -> None:

@@ -82,6 +82,9 @@ def sr(
     overlap = tile_overlap if tile_overlap is not None else max(srm.receptive_field // 2 + 1, 0 if srm.receptive_field else 16)
     many = len(items) > 1 or (len(items) == 1 and Path(out).suffix.lower() not in _SUFFIXES and out != "-")
     if many and out != "-":
+        from ..atomic import check_output_folder
+
+        check_output_folder(out, "-o")
         Path(out).mkdir(parents=True, exist_ok=True)
     results, failures = [], []
     with make_progress(json_mode=json or out == "-") as prog:

@@ -58,9 +58,11 @@ def train(
     """
     from kmsr_ops.backend import resolve_device
 
+    from ..atomic import check_output_folder
     from ..plugin_host import get_host
     from ..train import TrainConfig, dist_info, run_training
 
+    check_output_folder(out, "-o")
     cfg = TrainConfig(
         backbone=backbone, degradation=degradation, scale=scale, out=str(out),
         backbone_options=parse_key_values(option, "--option"),
