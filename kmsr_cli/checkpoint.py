@@ -237,3 +237,43 @@ def load_model(
 
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelMeta", "check_meta", "load_model", "read_model_meta", "save_model"]
+
+
+def short_reason(text: str, limit: int = 120) -> str:
+    line = " ".join(text.strip().splitlines()[:1]).strip()
+    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
+
+
+def load_training_state(path: str | os.PathLike, *, hint: str | None = None) -> Any:
+    """The tensors-only training state (``state.pt``) at ``path``, read with ``weights_only=True``.
+
+    Nothing is unpickled beyond tensors and plain containers. A file that cannot be read as one
+    (empty, truncated, a pickle of other objects, another format) raises :class:`CliError`: one
+    line naming the file and saying that the state is damaged, whatever torch raised.
+    """
+    import pickle
+    import warnings
+
+    import torch
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CliError(f"{path}: the training state cannot be read ({exc.strerror or exc})", hint=hint) from None
+    if size == 0:
+        raise CliError(f"{path}: the training state is damaged (the file is empty)", hint=hint)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says enough
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - weights_only runs no code; any failure means a bad file
+        text = str(exc)
+        if isinstance(exc, pickle.UnpicklingError):
+            reason = "it holds pickled objects other than tensors, which kmsr never loads"
+        elif isinstance(exc, KeyError) or "zip archive" in text or "central directory" in text:
+            reason = "truncated, or not a torch file"
+        else:
+            reason = f"{type(exc).__name__}: {short_reason(text) or 'unexpected end of file'}"
+        raise CliError(f"{path}: the training state is damaged or not a kmsr training state ({reason})",
+                       hint=hint) from None

@@ -312,17 +312,12 @@ def save_training(trainer: GanTrainer, data: TrainingData, out: Path, *, kmsr_me
 
 
 def _load_state_file(path: Path) -> dict:
-    import pickle
-
-    import torch
+    from .checkpoint import load_training_state
 
     if not path.is_file():
         raise CliError(f"{path}: training state not found; --resume needs the .state.pt written beside the checkpoint",
                        hint="start a new run without --resume")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CliError(f"{path}: not a readable training state ({type(exc).__name__}: {exc})") from None
+    state = load_training_state(path, hint="start a new run without --resume")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CliError(f"{path}: not a kmsr GAN training state (format {state.get('format') if isinstance(state, dict) else None!r})")
     return state

@@ -39,6 +39,8 @@ from .atomic import replace_atomically
 from .errors import CliError
 from .models import backbone_convention
 
+# What every state.pt holds (the generator states are per rank: g_data_0, g_deg_0, ...).
+_STATE_KEYS = ("model", "optimizer", "scheduler", "step", "best", "val_history", "config_json", "g_data_0", "g_deg_0")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 # scikit-image's bundled photos that are public domain or CC0 (scikit-image's data docs):
 # the default training and validation data, so training works offline out of the box.
@@ -311,7 +313,7 @@ def run_training(cfg: TrainConfig, host, *, on_step: Callable[[dict], None] | No
 def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, log) -> TrainResult:
     import torch
 
-    from .checkpoint import save_model
+    from .checkpoint import load_training_state, save_model, short_reason
     from .kernelset import KernelSet
 
     cfg.resolve()
@@ -406,20 +408,39 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
         if not state_path.exists():
             raise CliError(f"{state_path}: nothing to resume (no state.pt in the run folder)",
                            hint="drop --resume to start a new run")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        saved_cfg = json.loads(bytes(state["config_json"].tolist()).decode())
+        hint = (f"start a new run with another -o (--init {run_dir / 'model.safetensors'} keeps the last saved "
+                "weights), or put back a good copy of state.pt")
+
+        def damaged(why: str) -> CliError:
+            return CliError(f"{state_path}: the training state is damaged ({why}); it cannot be resumed", hint=hint)
+
+        state = load_training_state(state_path, hint=hint)
+        if not isinstance(state, dict):
+            raise damaged(f"it holds a {type(state).__name__}, not the state's entries")
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise damaged(f"no {missing[0]!r} entry")
+        try:
+            saved_cfg = json.loads(bytes(state["config_json"].tolist()).decode())
+            if not isinstance(saved_cfg, dict):
+                raise ValueError(f"a JSON {type(saved_cfg).__name__}, not an object")
+        except Exception as exc:  # noqa: BLE001 - any failure here is a damaged file
+            raise damaged(f"its configuration cannot be read: {short_reason(str(exc)) or type(exc).__name__}") from None
         for key in ("backbone", "degradation", "scale", "backbone_options", "patch", "batch"):
             if saved_cfg.get(key) != getattr(cfg, key):
                 raise CliError(f"{state_path}: the run was started with {key}={saved_cfg.get(key)!r}, "
                                f"not {getattr(cfg, key)!r}; resume with the same settings")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        g_data.set_state(state[f"g_data_{rank}"] if f"g_data_{rank}" in state else state["g_data_0"])
-        g_deg.set_state(state[f"g_deg_{rank}"] if f"g_deg_{rank}" in state else state["g_deg_0"])
-        step = int(state["step"])
-        best = float(state["best"]) if float(state["best"]) == float(state["best"]) else None
-        history = [float(v) for v in state["val_history"].tolist()]
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            g_data.set_state(state[f"g_data_{rank}"] if f"g_data_{rank}" in state else state["g_data_0"])
+            g_deg.set_state(state[f"g_deg_{rank}"] if f"g_deg_{rank}" in state else state["g_deg_0"])
+            step = int(state["step"])
+            best = float(state["best"]) if float(state["best"]) == float(state["best"]) else None
+            history = [float(v) for v in state["val_history"].tolist()]
+        except Exception as exc:  # noqa: BLE001 - wrong shapes, types or entries: the file does not fit this run
+            raise damaged(f"{type(exc).__name__}: {short_reason(str(exc))}") from None
         log(f"resuming {run_dir} at step {step}")
     elif state_path.exists():
         raise CliError(f"{run_dir} already holds a training run", hint="add --resume to continue it, or choose another -o")

@@ -82,3 +82,76 @@ def test_output_folder_that_is_a_file(capsys, tmp_path, photo, command):
     # A folder below the file cannot be made either, and says which path is in the way.
     code, out, err = cli(capsys, *[a if a is not blocker else blocker / "sub" for a in args])
     one_line_error(code, err, str(blocker / "sub"), "folder")
+
+
+# --------------------------------------------------------------------------- 4: train --resume, damaged state.pt
+class _Payload:
+    """Unpickling this would create ``marker``: a pickle that is not tensors."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _damage(state, how, marker):
+    import pickle
+
+    import torch
+
+    good = state.read_bytes()
+    if how == "pickle":
+        state.write_bytes(pickle.dumps({"model": _Payload(marker)}))
+    elif how == "torch-pickle":
+        torch.save({"model": _Payload(marker)}, state)
+    elif how == "truncated":
+        state.write_bytes(good[: len(good) // 2])
+    elif how == "empty":
+        state.write_bytes(b"")
+    elif how == "text":
+        state.write_text("hello\n")
+    elif how == "wrong-entries":
+        torch.save({"step": torch.tensor(1)}, state)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One training step of a one-block model: a run folder with a state.pt."""
+    from kmsr_cli.app import main
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    photo = save_photo(root / "hr" / "a.png")
+    args = ["train", "--degradation", "bicubic", *TINY_TRAIN, "--data", photo.parent, "-o", root / "run"]
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    assert (root / "run" / "state.pt").is_file()
+    return {"run": root / "run", "args": args[:-2]}
+
+
+@pytest.mark.parametrize("how", ["pickle", "torch-pickle", "truncated", "empty", "text", "wrong-entries"])
+def test_train_resume_damaged_state(capsys, tmp_path, tiny_run, how):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run)
+    state = run / "state.pt"
+    marker = tmp_path / "unpickled"
+    _damage(state, how, marker)
+    code, out, err = cli(capsys, *tiny_run["args"], "-o", run, "--resume")
+    one_line_error(code, err, str(state), "damaged")
+    assert not marker.exists(), "the state was unpickled"
+
+
+def test_gan_resume_damaged_state_same_words(tmp_path):
+    """gan train --resume reads its state through the same loader."""
+    from kmsr_cli.errors import CliError
+    from kmsr_cli.gan import _load_state_file
+
+    state = tmp_path / "g.state.pt"
+    state.write_text("hello\n")  # torch raised KeyError here, which escaped as a traceback
+    with pytest.raises(CliError, match="damaged") as info:
+        _load_state_file(state)
+    assert str(state) in str(info.value) and "\n" not in str(info.value)
