@@ -229,16 +229,49 @@ def load_photo(path: Path, scale: int) -> tuple[np.ndarray, str]:
 
 
 # --------------------------------------------------------------------------- partial results
-class PartialStore:
-    """``OUT.partial/``: one small .npz per finished kernel, each written atomically."""
+_PROV_FIELDS = ("origin", "source", "method", "params", "box", "seed", "index")
 
-    def __init__(self, out: Path):
+
+class PartialStore:
+    """``OUT.partial/``: one small .npz per finished kernel, each written atomically and fsynced.
+
+    A part that cannot be read back whole (empty or truncated after a crash, another file) is
+    never trusted: it is deleted with a warning naming it, and its patch is estimated again.
+    """
+
+    def __init__(self, out: Path, *, kernel_size: int | None = None, warn: Callable[[str], None] | None = None):
         self.folder = out.with_name(out.name + ".partial")
+        self.kernel_size = kernel_size
+        self.warn = warn or (lambda msg: None)
+
+    def _read(self, path: Path) -> tuple[np.ndarray, dict] | None:
+        """The part at ``path``, or None after discarding it when it is damaged."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                kernel = np.array(z["kernel"], dtype=np.float32)
+                prov = json.loads(str(z["prov"]))
+            k = self.kernel_size
+            if kernel.ndim != 2 or (k is not None and kernel.shape != (k, k)) or not np.isfinite(kernel).all():
+                raise ValueError(f"a kernel of shape {kernel.shape}")
+            if not isinstance(prov, dict) or any(f not in prov for f in _PROV_FIELDS) \
+                    or not isinstance(prov["params"], dict) or prov["params"].get("unit") != path.stem:
+                raise ValueError("its provenance does not belong to it")
+        except Exception as exc:  # noqa: BLE001 - EOFError, BadZipFile, ValueError, KeyError...: all mean damaged
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            why = f"{type(exc).__name__}: {why}" if why else ("the file is empty" if _size(path) == 0 else type(exc).__name__)
+            self.warn(f"discarding damaged partial result {path} ({why}); its patch will be estimated again")
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            return None
+        return kernel, prov
 
     def done_keys(self) -> set[str]:
+        """Unit keys of the parts that read back whole; damaged ones are discarded here."""
         if not self.folder.is_dir():
             return set()
-        return {p.stem for p in self.folder.glob("*.npz")}
+        return {p.stem for p in sorted(self.folder.glob("*.npz")) if self._read(p) is not None}
 
     def save(self, unit: Unit, kernel: np.ndarray, prov: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -246,6 +279,8 @@ class PartialStore:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, kernel=kernel.astype(np.float32), prov=np.array(json.dumps(prov)))
+                f.flush()
+                os.fsync(f.fileno())  # on disk before it is renamed into place: a crash leaves no empty part
             os.replace(tmp, self.folder / f"{unit.key}.npz")
         except BaseException:
             if os.path.exists(tmp):
@@ -253,24 +288,20 @@ class PartialStore:
             raise
 
     def load(self) -> list[tuple[np.ndarray, dict]]:
-        items = []
         if not self.folder.is_dir():
-            return items
-        for p in sorted(self.folder.glob("*.npz")):
-            try:
-                with np.load(p) as z:
-                    items.append((z["kernel"], json.loads(str(z["prov"]))))
-            except (OSError, ValueError, KeyError) as exc:
-                # A damaged part is redone, not trusted: drop it and say so.
-                from .console import log
-
-                log.warning("discarding damaged partial result %s (%s); it will be estimated again", p, exc)
-                p.unlink()
-        return items
+            return []
+        return [item for p in sorted(self.folder.glob("*.npz")) if (item := self._read(p)) is not None]
 
     def clear(self) -> None:
         if self.folder.is_dir():
             shutil.rmtree(self.folder)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------- estimator workers
@@ -360,7 +391,7 @@ def run_estimate(
                               shard=f"{si}/{sn}", estimator=settings.estimator)
 
     old_kernels, old_prov = _check_existing_output(out, settings)
-    store = PartialStore(out)
+    store = PartialStore(out, kernel_size=settings.kernel_size, warn=warn)
     done = store.done_keys()
     if old_prov is not None:
         for p in old_prov.params:

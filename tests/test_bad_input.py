@@ -155,3 +155,71 @@ def test_gan_resume_damaged_state_same_words(tmp_path):
     with pytest.raises(CliError, match="damaged") as info:
         _load_state_file(state)
     assert str(state) in str(info.value) and "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- 5: damaged parts in OUT.partial/
+ESTIMATE_FAST = ["--scale", "2", "--patch", "128", "--per-image", "1", "--kernel-size", "9", "--workers", "1",
+                 "--device", "cpu", "--option", 'schedule="fast"']
+
+
+@pytest.fixture(scope="module")
+def two_photos(tmp_path_factory):
+    """Two 64x64 crops: one 128x128 patch each at x2."""
+    folder = tmp_path_factory.mktemp("estimate-photos")
+    save_photo(folder / "a.png", top=100, left=100)
+    save_photo(folder / "b.png", name="coffee", top=100, left=200)
+    return folder
+
+
+def _by_unit(path):
+    import json
+
+    from kmsr_cli.kernelset import KernelSet
+
+    with KernelSet(path) as ks:
+        return dict(zip((json.loads(p)["unit"] for p in ks.provenance().params), ks.kernels()))
+
+
+def test_estimate_resume_discards_damaged_parts(capsys, tmp_path, two_photos):
+    code, out, err = cli(capsys, "estimate", two_photos, "-o", tmp_path / "full.h5", *ESTIMATE_FAST)
+    assert code == 0, err
+    full = _by_unit(tmp_path / "full.h5")
+    assert len(full) == 2
+    # A crash left one part empty and the other cut short.
+    empty_key, cut_key = sorted(full)
+    partial = tmp_path / "k.h5.partial"
+    partial.mkdir()
+    good = tmp_path / "good.npz"
+    np.savez(good, kernel=full[cut_key], prov=np.array("{}"))
+    (partial / f"{empty_key}.npz").write_bytes(b"")
+    (partial / f"{cut_key}.npz").write_bytes(good.read_bytes()[:100])
+
+    code, out, err = cli(capsys, "estimate", two_photos, "-o", tmp_path / "k.h5", *ESTIMATE_FAST)
+    assert code == 0, err
+    assert "Traceback" not in err and "Aborted." not in err
+    warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    for key in (empty_key, cut_key):  # one warning line each, naming the file
+        assert any(str(partial / f"{key}.npz") in ln and "damaged" in ln for ln in warnings), err
+    assert "2 new kernels" in " ".join(err.split()), err  # both patches estimated again
+    again = _by_unit(tmp_path / "k.h5")
+    assert again.keys() == full.keys()
+    for key in full:
+        np.testing.assert_array_equal(again[key], full[key])
+    assert not partial.exists()
+
+
+def test_estimate_partial_parts_are_fsynced(tmp_path, monkeypatch):
+    import os
+
+    from kmsr_cli.estimate import PartialStore, Unit
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    store = PartialStore(tmp_path / "k.h5", kernel_size=3)
+    unit = Unit("p.png", "0" * 64, (0, 0, 8, 8), 0, "abc")
+    prov = {"origin": "estimated", "source": "p.png", "method": "m", "params": {"unit": "abc"}, "box": [0, 0, 8, 8],
+            "seed": 0, "index": 0}
+    store.save(unit, np.full((3, 3), 1 / 9), prov)
+    assert synced, "the part was not fsynced"
+    assert store.done_keys() == {"abc"} and len(store.load()) == 1

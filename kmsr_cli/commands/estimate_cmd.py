@@ -91,7 +91,8 @@ def estimate(
 
         def on_warn(msg):
             warnings.append(msg)
-            prog.console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False)
+            # One line each, never wrapped inside a path: warnings name files.
+            prog.console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
         summary = run_estimate(host, photo_list, out, settings, device=dev, workers=n_workers, shard=shard_t,
                                progress=on_progress, warn=on_warn)
