@@ -43,6 +43,7 @@ FORMAT_VERSION = 1
 ORIGINS = ("estimated", "generated", "synthetic")
 _STR_FIELDS = ("origin", "source", "method", "params")
 _INT_FIELDS = ("seed", "index")
+_MISSING = object()
 
 
 @dataclass
@@ -165,6 +166,17 @@ class KernelSet:
     def _fail(self, problem: str) -> CliError:
         return CliError(f"{self.path}: {problem}", hint="kmsr pool show FILE  (checks a kernel set)")
 
+    def _check_scale(self, value) -> int:
+        """The root attribute ``scale`` as an int: a positive integer, else a one-line error."""
+        if value is _MISSING:
+            raise self._fail("has no root attribute 'scale' (the SR scale the kernels are for, a positive integer)")
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+        if not number or not np.isfinite(value) or int(value) != value or int(value) < 1:
+            raise self._fail(f"root attribute 'scale' is {value!r}; expected a positive integer (the SR scale)")
+        return int(value)
+
     def _read_header(self, require_nonempty: bool) -> dict:
         import h5py
 
@@ -195,6 +207,7 @@ class KernelSet:
             if require_nonempty and ds.shape[0] == 0:
                 raise self._fail("holds no kernels")
             attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+            attrs["scale"] = self._check_scale(attrs.get("scale", _MISSING))
             attrs["count"] = int(ds.shape[0])
             attrs["kernel_size"] = int(ds.shape[1])
             return attrs

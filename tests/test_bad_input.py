@@ -223,3 +223,33 @@ def test_estimate_partial_parts_are_fsynced(tmp_path, monkeypatch):
     store.save(unit, np.full((3, 3), 1 / 9), prov)
     assert synced, "the part was not fsynced"
     assert store.done_keys() == {"abc"} and len(store.load()) == 1
+
+
+# --------------------------------------------------------------------------- 6: the scale attribute of a kernel set
+def _set_with_scale(path, value, write_set, random_kernels):
+    import h5py
+
+    write_set(path, random_kernels(4, 9))
+    with h5py.File(path, "a") as f:
+        if value is None:
+            del f.attrs["scale"]
+        else:
+            f.attrs["scale"] = value
+    return path
+
+
+@pytest.mark.parametrize("value", ["two", -3, 0, 2.5, None])
+def test_kernel_set_scale_is_validated(capsys, tmp_path, write_set, random_kernels, value):
+    pool = _set_with_scale(tmp_path / "pool.h5", value, write_set, random_kernels)
+    code, out, err = cli(capsys, "pool", "show", pool)
+    one_line_error(code, err, str(pool), "scale")
+    code, out, err = cli(capsys, "train", "--degradation", "pool", "--pool", pool, *TINY_TRAIN, "-o", tmp_path / "run")
+    one_line_error(code, err, str(pool), "scale")
+    assert not (tmp_path / "run").exists()
+
+
+def test_kernel_set_integral_scale_still_reads(tmp_path, write_set, random_kernels):
+    from kmsr_cli.kernelset import KernelSet
+
+    assert KernelSet(_set_with_scale(tmp_path / "a.h5", np.int64(3), write_set, random_kernels)).scale == 3
+    assert KernelSet(_set_with_scale(tmp_path / "b.h5", 2.0, write_set, random_kernels)).scale == 2
