@@ -283,6 +283,45 @@ def initialise_from(model, spec: str, *, backbone: str, scale: int, host) -> dic
     return {"spec": spec, "backbone": source, "tensors": len(expected)}
 
 
+def _unknown_option(backend, key: str, flag: str, known) -> CliError:
+    kind = backend.kind[:-1]
+    listing = f"its options: {', '.join(known)}" if known else "it takes no options"
+    return CliError(f"{flag} {key}: the {backend.name!r} {kind} has no option {key!r}; {listing}",
+                    hint="kmsr plugins --json  (lists the options of every backend)")
+
+
+def check_options(backend, given: dict, flag: str, *, internal: tuple[str, ...] = ()) -> None:
+    """Refuse options the backend's registration does not declare (``options=``), listing those it does.
+
+    ``internal`` are declared options kmsr fills in itself (the pool's ``kernels``): not the user's to give.
+    A backend that declares no options is left to :func:`create_with_options`.
+    """
+    declared = backend.info.get("options")
+    if not isinstance(declared, dict):
+        return
+    known = [k for k in declared if k not in internal]
+    for key in given:
+        if key in internal:
+            raise CliError(f"{flag} {key}: kmsr sets {key!r} of the {backend.name!r} {backend.kind[:-1]} itself "
+                           f"(from --pool); its other options: {', '.join(known) or 'none'}")
+        if key not in known:
+            raise _unknown_option(backend, key, flag, known)
+
+
+def create_with_options(backend, given: dict, flag: str, **kwargs):
+    """``backend.create(**kwargs)``; a factory refusing one of the user's ``given`` options is a one-line error."""
+    import re
+
+    try:
+        return backend.create(**kwargs)
+    except TypeError as exc:
+        m = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        if m and m.group(1) in given:
+            declared = backend.info.get("options")
+            raise _unknown_option(backend, m.group(1), flag, list(declared) if isinstance(declared, dict) else []) from None
+        raise
+
+
 def _group_active() -> bool:
     import torch.distributed as dist
 
@@ -337,6 +376,11 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
 
     # ---- backbone and its convention
     bb = host.get("backbones", cfg.backbone)
+    dg = host.get("degradations", cfg.degradation)
+    # Unknown options fail here, before anything is built, naming the options there are.
+    check_options(bb, cfg.backbone_options, "--option")
+    check_options(dg, cfg.degradation_options, "--degradation-option",
+                  internal=("kernels",) if dg.info.get("needs_kernels") else ())
     scales = bb.info.get("scales")
     if scales and cfg.scale not in scales:
         raise CliError(f"backbone {cfg.backbone!r} supports scales {scales}, not x{cfg.scale}")
@@ -346,7 +390,7 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
     torch.manual_seed(cfg.seed)
     # What the model is built with; saved with it when the module does not carry its own options.
     build_options = {**bb.info.get("options", {}), **cfg.backbone_options}
-    model = bb.create(scale=cfg.scale, **cfg.backbone_options).to(dev)
+    model = create_with_options(bb, cfg.backbone_options, "--option", scale=cfg.scale, **cfg.backbone_options).to(dev)
     conv = backbone_convention(bb, model, scale=cfg.scale)
     own = getattr(model, "options", None)
     save_options = dict(own) if isinstance(own, dict) else build_options
@@ -356,7 +400,6 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
         log(f"initialised from {cfg.init} ({init_info['tensors']} tensors)")
 
     # ---- degradation, with the pool's kernels when it needs them
-    dg = host.get("degradations", cfg.degradation)
     dopts = dict(cfg.degradation_options)
     pool_fp = None
     if dg.info.get("needs_kernels"):
@@ -371,7 +414,8 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
         pool_fp = file_sha256(cfg.pool)
     elif cfg.pool:
         raise CliError(f"degradation {cfg.degradation!r} does not use a pool; drop --pool or use --degradation pool")
-    degrade = dg.create(scale=cfg.scale, input=conv.input, channels=conv.channels, **dopts)
+    degrade = create_with_options(dg, cfg.degradation_options, "--degradation-option",
+                                  scale=cfg.scale, input=conv.input, channels=conv.channels, **dopts)
     multiple = int(getattr(degrade, "hr_multiple", cfg.scale))
     # The network input (LR for "lr" backbones) must have sides that are multiples of size_multiple.
     multiple = math.lcm(multiple, conv.size_multiple * (cfg.scale if conv.input == "lr" else 1))

@@ -253,3 +253,32 @@ def test_kernel_set_integral_scale_still_reads(tmp_path, write_set, random_kerne
 
     assert KernelSet(_set_with_scale(tmp_path / "a.h5", np.int64(3), write_set, random_kernels)).scale == 3
     assert KernelSet(_set_with_scale(tmp_path / "b.h5", 2.0, write_set, random_kernels)).scale == 2
+
+
+# --------------------------------------------------------------------------- 7: unknown training options
+@pytest.mark.parametrize("flag, degradation, listed", [
+    ("--degradation-option", "bicubic", "takes no options"),
+    ("--degradation-option", "gaussian", "sigma_min, sigma_max"),
+    ("--option", "bicubic", "blocks, filters"),
+])
+def test_train_unknown_option(capsys, tmp_path, flag, degradation, listed):
+    code, out, err = cli(capsys, "train", "--degradation", degradation, *TINY_TRAIN, flag, "zz=1", "-o", tmp_path / "run")
+    line = one_line_error(code, err, flag, "'zz'", listed)
+    assert repr(degradation) in line or flag == "--option"
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_option_of_an_undeclaring_plugin_is_one_line(fresh_host):
+    """A backend registered without ``options=`` is checked by its factory's refusal."""
+    from kmsr_cli.errors import CliError
+    from kmsr_cli.train import check_options, create_with_options
+
+    def factory(scale, input="upsampled", channels="rgb", sigma=1.0):  # noqa: A002
+        return (scale, sigma)
+
+    fresh_host._make_register("degradations", "mine")("blurry", factory)
+    dg = fresh_host.get("degradations", "blurry")
+    check_options(dg, {"zz": 1}, "--degradation-option")  # nothing declared: the factory decides
+    assert create_with_options(dg, {"sigma": 2.0}, "--degradation-option", scale=2, sigma=2.0) == (2, 2.0)
+    with pytest.raises(CliError, match=r"--degradation-option zz: the 'blurry' degradation has no option 'zz'"):
+        create_with_options(dg, {"zz": 1}, "--degradation-option", scale=2, zz=1)
