@@ -346,6 +346,38 @@ class EstimateSummary:
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def why_nothing(self) -> tuple[str, str | None]:
+        """Why no kernel came out of the run, with the count per reason, and what to try."""
+        from collections import Counter
+
+        if not self.photos_in_shard:
+            return (f"shard {self.shard} holds none of the {self.photos} photos",
+                    "use fewer shards than photos")
+        parts, hints = [], []
+        kinds = Counter(s.get("kind", "skipped") for s in self.photos_skipped)
+        if kinds:
+            n = len(self.photos_skipped)
+            counts = ", ".join(f"{c} {kind}" for kind, c in kinds.most_common())
+            total = self.photos_in_shard
+            which = ("the only photo" if total == 1 else f"all {n} photos") if n == total else f"{n} of {total} photos"
+            parts.append(f"{which} skipped ({counts})")
+            if "too small" in kinds:
+                hints.append(f"patches need {MIN_PATCH}x{MIN_PATCH} pixels after upscaling: larger photos, or a larger --scale")
+            if "without a textured patch" in kinds:
+                hints.append("--criterion paper accepts flatter patches")
+            if "unreadable" in kinds:
+                hints.append("check the unreadable files named above")
+        if self.failed_patches:
+            n = len(self.failed_patches)
+            parts.append(f"{n} patch{'es' if n != 1 else ''} failed ({self.failed_patches[0]['reason']})")
+            hints.append("see the warnings above")
+        return "; ".join(parts) or "no patch was estimated", "; ".join(hints) or None
+
+
+def _skip_kind(reason: str) -> str:
+    """The category of a plan_patches skip reason, for the summary's counts."""
+    return "too small" if reason.startswith("too small") else "without a textured patch"
+
 
 def _check_existing_output(out: Path, settings: Settings) -> tuple[np.ndarray | None, Provenance | None]:
     if not out.exists():
@@ -440,14 +472,14 @@ def run_estimate(
             try:
                 grey, sha = load_photo(photo, settings.scale)
             except (ImageReadError, OSError) as exc:
-                summary.photos_skipped.append({"photo": str(photo), "reason": str(exc)})
+                summary.photos_skipped.append({"photo": str(photo), "reason": str(exc), "kind": "unreadable"})
                 warn(f"skipping {photo}: {exc}")
                 progress("photo")
                 continue
             planned, rejected, reason = plan_patches(grey, sha, str(photo), settings, est_params)
             summary.patches_rejected += rejected
             if reason:
-                summary.photos_skipped.append({"photo": str(photo), "reason": reason})
+                summary.photos_skipped.append({"photo": str(photo), "reason": reason, "kind": _skip_kind(reason)})
                 warn(f"skipping {photo}: {reason}")
             todo = [(u, p) for u, p in planned if u.key not in done]
             summary.kernels_resumed += len(planned) - len(todo)
@@ -504,8 +536,7 @@ def run_estimate(
         write_kernel_set(out, np.stack(kernels), prov, scale=settings.scale,
                          description=f"kernels estimated by {settings.estimator} from photos (x{settings.scale})")
     if not kernels:
-        summary.output = None
-        warn("no kernels were estimated, so no kernel set was written")
+        summary.output = None  # the caller reports it: summary.why_nothing() says why
     store.clear()
     summary.seconds = round(time.perf_counter() - t0, 3)
     return summary

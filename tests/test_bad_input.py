@@ -282,3 +282,24 @@ def test_train_option_of_an_undeclaring_plugin_is_one_line(fresh_host):
     assert create_with_options(dg, {"sigma": 2.0}, "--degradation-option", scale=2, sigma=2.0) == (2, 2.0)
     with pytest.raises(CliError, match=r"--degradation-option zz: the 'blurry' degradation has no option 'zz'"):
         create_with_options(dg, {"zz": 1}, "--degradation-option", scale=2, zz=1)
+
+
+# --------------------------------------------------------------------------- 11: estimate that estimates nothing
+def test_estimate_nothing_estimated_fails(capsys, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.png").write_text("not an image\n")
+    save_photo(folder / "tiny.png", size=20)
+    out = tmp_path / "k.h5"
+    code, stdout, err = cli(capsys, "estimate", folder, "-o", out, *ESTIMATE_FAST)
+    line = one_line_error(code, err, "no kernel was estimated", "all 3 photos skipped", "2 unreadable", "1 too small")
+    assert "None" not in err and stdout == ""
+    assert not out.exists() and str(out) in line
+
+
+def test_estimate_kernel_too_large_for_the_patches_fails(capsys, tmp_path, two_photos):
+    out = tmp_path / "k.h5"
+    code, stdout, err = cli(capsys, "estimate", two_photos, "-o", out, *ESTIMATE_FAST, "--kernel-size", "301")
+    one_line_error(code, err, "no kernel was estimated", "2 patches failed", "301x301")
+    assert not out.exists()

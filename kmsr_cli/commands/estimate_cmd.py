@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.progress import TextColumn
 
 from ..console import emit_json, err, make_progress
+from ..errors import CliError
 from ..options import DeviceOpt, JsonOpt, SeedOpt, parse_key_values
 
 
@@ -99,6 +100,10 @@ def estimate(
     doc = summary.as_dict()
     if json:
         emit_json(doc)
+    if not summary.output:
+        why, hint = summary.why_nothing()
+        raise CliError(f"no kernel was estimated, so {out} was not written: {why}", hint=hint)
+    if json:
         return
     err.print(
         f"{summary.kernels_written} new kernels ({summary.kernels_resumed} already done), "
