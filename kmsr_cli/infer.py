@@ -44,6 +44,11 @@ from kmsr_ops.colour import rgb2ycbcr, ycbcr2rgb
 from kmsr_ops.errors import KmsrInputError
 from kmsr_ops.resize import imresize
 
+
+class UnusableImageError(KmsrInputError):
+    """The image itself cannot be super-resolved (too small, odd channel count): a per-file
+    failure, as opposed to a bad setting that would fail every image alike."""
+
 # Extra LR pixels around a crop before bicubic upscaling: the cubic kernel reaches 2 LR
 # pixels on each side; 3 leaves a safety pixel.
 _BICUBIC_MARGIN = 3
@@ -112,7 +117,7 @@ def _rgb(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]:
         return pixels.astype(np.float64), None, False
     if c == 4:
         return pixels[..., :3].astype(np.float64), pixels[..., 3].astype(np.float64), False
-    raise KmsrInputError(f"image: expected 1, 3 or 4 channels, found {c}")
+    raise UnusableImageError(f"image: expected 1, 3 or 4 channels, found {c}")
 
 
 class _Runner:
@@ -286,7 +291,7 @@ def super_resolve(
         raise KmsrInputError(f"tile: expected 0 or at least 16 pixels, found {tile}")
     pixels = np.asarray(pixels)
     if pixels.ndim not in (2, 3) or min(pixels.shape[:2]) < 2:
-        raise KmsrInputError(f"image: expected (H, W[, C]) of at least 2x2 pixels, found shape {pixels.shape}")
+        raise UnusableImageError(f"image: expected (H, W[, C]) of at least 2x2 pixels, found shape {pixels.shape}")
     rgb, alpha, grey = _rgb(pixels)
     s = int(model.scale)
     h, w = rgb.shape[:2]

@@ -303,3 +303,18 @@ def test_estimate_kernel_too_large_for_the_patches_fails(capsys, tmp_path, two_p
     code, stdout, err = cli(capsys, "estimate", two_photos, "-o", out, *ESTIMATE_FAST, "--kernel-size", "301")
     one_line_error(code, err, "no kernel was estimated", "2 patches failed", "301x301")
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- 12: one unusable image in an sr batch
+def test_sr_batch_goes_on_past_a_1x1_image(capsys, tmp_path):
+    shots = tmp_path / "shots"
+    save_photo(shots / "a.png", size=16)
+    save_photo(shots / "one.png", size=1)
+    save_photo(shots / "z.png", size=16, name="coffee")
+    out = tmp_path / "sr"
+    code, stdout, err = cli(capsys, "sr", shots, "-o", out, "--model", "bicubic", "--device", "cpu")
+    assert code == 1 and "Traceback" not in err, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and str(shots / "one.png") in errors[0] and "2x2" in errors[0], err
+    assert sorted(p.name for p in out.iterdir()) == ["a_x2.png", "z_x2.png"]
+    assert "2 images super-resolved" in err and "1 failed" in err

@@ -70,7 +70,7 @@ def sr(
     from kmsr_ops.errors import ImageReadError
     from kmsr_ops.image_io import read_image, write_png
 
-    from ..infer import super_resolve
+    from ..infer import UnusableImageError, super_resolve
     from ..models import resolve_model
 
     items = _inputs(inputs)
@@ -107,9 +107,12 @@ def sr(
                                 "scale": s, "seconds": round(time.perf_counter() - t0, 3)})
                 if out != "-" and not json:
                     typer.echo(target)
-            except (ImageReadError, OSError) as exc:
-                failures.append({"input": inp, "reason": str(exc)})
-                prog.console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+            except (ImageReadError, UnusableImageError, OSError) as exc:
+                # This file only: report it, named, and go on with the others (exit 1 at the end).
+                name = "<stdin>" if inp == "-" else inp
+                reason = str(exc) if name in str(exc) else f"{name}: {exc}"
+                failures.append({"input": inp, "reason": reason})
+                prog.console.print(f"[red]error:[/] {escape(reason)}", highlight=False, soft_wrap=True)
             prog.advance(t_files)
     if json:
         emit_json({"model": srm.name, "scale": s, "tile": tile, "tile_overlap": overlap, "results": results, "failed": failures})
