@@ -318,3 +318,28 @@ def test_sr_batch_goes_on_past_a_1x1_image(capsys, tmp_path):
     assert len(errors) == 1 and str(shots / "one.png") in errors[0] and "2x2" in errors[0], err
     assert sorted(p.name for p in out.iterdir()) == ["a_x2.png", "z_x2.png"]
     assert "2 images super-resolved" in err and "1 failed" in err
+
+
+# --------------------------------------------------------------------------- 13: same names in sub-folders
+def test_sr_keeps_sub_folders_apart(capsys, tmp_path):
+    shots = tmp_path / "shots"
+    save_photo(shots / "a" / "same.png", size=16)
+    save_photo(shots / "b" / "same.png", size=16, name="coffee")
+    save_photo(shots / "top.png", size=16)
+    out = tmp_path / "sr"
+    code, stdout, err = cli(capsys, "sr", shots, "-o", out, "--model", "bicubic", "--device", "cpu")
+    assert code == 0, err
+    a, b = out / "a" / "same_x2.png", out / "b" / "same_x2.png"
+    assert a.is_file() and b.is_file() and (out / "top_x2.png").is_file()
+    assert a.read_bytes() != b.read_bytes()  # neither overwrote the other
+    assert stdout.split() == [str(a), str(b), str(out / "top_x2.png")]
+
+
+def test_sr_refuses_two_inputs_for_one_output(capsys, tmp_path):
+    save_photo(tmp_path / "x" / "same.png", size=16)
+    save_photo(tmp_path / "y" / "same.jpg", size=16)
+    out = tmp_path / "sr"
+    code, stdout, err = cli(capsys, "sr", tmp_path / "x" / "same.png", tmp_path / "y" / "same.jpg", "-o", out,
+                            "--model", "bicubic", "--device", "cpu")
+    one_line_error(code, err, "same.png", "same.jpg", str(out / "same_x2.png"))
+    assert not out.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,19 +28,51 @@ def _inputs(specs: list[str]) -> list[str]:
     return [str(p) for p in discover_photos(specs)]
 
 
-def _target(inp: str, out: str, many: bool, scale: int) -> str:
+def _relative_names(items: list[str], specs: list[str]) -> dict[str, Path]:
+    """Each input's name under the output folder, without suffix: its path below the input folder
+    it was found in (so a/same.png and b/same.png stay apart), else its file name."""
+    folders = [Path(s) for s in specs if s != "-" and Path(s).is_dir()]
+    names = {}
+    for inp in items:
+        if inp == "-":
+            names[inp] = Path("stdin")
+            continue
+        p = Path(inp)
+        rel = None
+        for folder in folders:
+            try:
+                rel = p.relative_to(folder)
+                break
+            except ValueError:
+                continue
+        names[inp] = (rel if rel is not None else Path(p.name)).with_suffix("")
+    return names
+
+
+def _targets(items: list[str], specs: list[str], out: str, many: bool, scale: int) -> dict[str, str]:
+    """Where each input's PNG goes; refuses, before anything is written, two inputs sharing one."""
     if out == "-":
-        return "-"
+        return {inp: "-" for inp in items}
     o = Path(out)
     if not many and o.suffix.lower() in _SUFFIXES:
-        return str(o.with_suffix(".png")) if o.suffix.lower() != ".png" else str(o)
-    name = "stdin" if inp == "-" else Path(inp).stem
-    return str(o / f"{name}_x{scale}.png")
+        return {items[0]: str(o.with_suffix(".png")) if o.suffix.lower() != ".png" else str(o)}
+    names = _relative_names(items, specs)
+    targets, owner = {}, {}
+    for inp in items:
+        rel = names[inp]
+        target = str(o / rel.parent / f"{rel.name}_x{scale}.png")
+        key = os.path.normcase(os.path.normpath(target))
+        if key in owner:
+            raise CliError(f"{owner[key]} and {inp} would both be written to {target}; nothing was written",
+                           hint="give them in separate runs (or folders), or rename one")
+        owner[key] = inp
+        targets[inp] = target
+    return targets
 
 
 def sr(
     inputs: Annotated[list[str], typer.Argument(help="Images: files, folders, globs, or - (image bytes on stdin).")],
-    out: Annotated[str, typer.Option("-o", "--out", help="Output PNG for one input, a folder for several, or - for PNG on stdout.")],
+    out: Annotated[str, typer.Option("-o", "--out", help="Output PNG for one input, a folder for several (NAME_xS.png, keeping the sub-folders of an input folder), or - for PNG on stdout.")],
     model: Annotated[str, typer.Option("--model", help="A .safetensors checkpoint, NAME:WEIGHTS (e.g. vdsr:vdsr.npz), bicubic, or a backbone name for kmsr's shipped model.")] = "kmsr",
     scale: Annotated[int | None, typer.Option("--scale", help="SR scale (default: the checkpoint's, else 2).", min=1)] = None,
     tile: Annotated[int, typer.Option("--tile", help="Tile size in output pixels (0 = whole image at once).", min=0)] = 512,
@@ -58,7 +91,9 @@ def sr(
     Pre-upsampling models (KMSR, SRCNN, VDSR) get the MATLAB-bicubic-upscaled image; LR models
     (EDSR, DBPN) the image itself. Tiles with a margin of the network's receptive-field radius
     give exactly the untiled result. A file that cannot be read is reported and the others go
-    on; the exit code is then 1.
+    on; the exit code is then 1. Into a folder, each image becomes NAME_xS.png under the same
+    sub-folders as below the input folder it was found in (shots/a/x.png -> sr/a/x_x2.png); two
+    inputs that would share an output are refused before anything is written.
 
     Examples:
 
@@ -85,6 +120,8 @@ def sr(
         from ..atomic import check_output_folder
 
         check_output_folder(out, "-o")
+    targets = _targets(items, inputs, out, many, s)
+    if many and out != "-":
         Path(out).mkdir(parents=True, exist_ok=True)
     results, failures = [], []
     with make_progress(json_mode=json or out == "-") as prog:
@@ -98,7 +135,7 @@ def sr(
                 pixels = super_resolve(srm, img.pixels, tile=tile, overlap=overlap, device=dev, half=half,
                                        bit_depth=img.bit_depth, fast=fast,
                                        on_tile=lambda k, n: prog.update(t_tiles, completed=k, total=n))
-                target = _target(inp, out, many, s)
+                target = targets[inp]
                 if target != "-":
                     Path(target).parent.mkdir(parents=True, exist_ok=True)
                 write_png(target, pixels, bit_depth=img.bit_depth)
