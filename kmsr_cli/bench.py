@@ -269,7 +269,8 @@ def load_hr(specs: Iterable[str]) -> list[HRImage]:
     """HR images from files, folders (searched recursively) and globs, in the order given."""
     from .estimate import discover_photos
 
-    paths = discover_photos(list(specs))
+    paths = discover_photos(list(specs), missing_hint="check the --hr paths; nothing was benchmarked",
+                            empty_hint="kmsr bench quality --hr IMAGE_OR_FOLDER... --models bicubic")
     images = []
     for p in paths:
         samples, bit_depth = read_samples(p)

@@ -46,8 +46,14 @@ _GREY = np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])
 
 
 # --------------------------------------------------------------------------- photos
-def discover_photos(specs: Iterable[str], *, stdin: Iterable[str] | None = None) -> list[Path]:
-    """Files, folders (searched recursively for images), globs, or ``-`` (paths on stdin)."""
+def discover_photos(specs: Iterable[str], *, stdin: Iterable[str] | None = None,
+                    missing_hint: str = "check the photo list; nothing was estimated",
+                    empty_hint: str = "kmsr estimate PHOTO_OR_FOLDER... -o kernels.h5") -> list[Path]:
+    """Files, folders (searched recursively for images), globs, or ``-`` (paths on stdin).
+
+    ``missing_hint`` and ``empty_hint`` are the next steps shown when a file is missing or no
+    file is given: each command that lists images passes its own (these are estimate's).
+    """
     found: list[Path] = []
     for spec in specs:
         if spec == "-":
@@ -71,7 +77,7 @@ def discover_photos(specs: Iterable[str], *, stdin: Iterable[str] | None = None)
     missing = [p for p in found if not p.exists()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise CliError(f"{missing[0]}: no such file{more}", hint="check the photo list; nothing was estimated")
+        raise CliError(f"{missing[0]}: no such file{more}", hint=missing_hint)
     unique: list[Path] = []
     seen: set[str] = set()
     for p in found:
@@ -80,7 +86,7 @@ def discover_photos(specs: Iterable[str], *, stdin: Iterable[str] | None = None)
             seen.add(key)
             unique.append(p)
     if not unique:
-        raise CliError("no photos given", hint="kmsr estimate PHOTO_OR_FOLDER... -o kernels.h5")
+        raise CliError("no photos given", hint=empty_hint)
     return unique
 
 

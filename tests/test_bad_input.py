@@ -343,3 +343,20 @@ def test_sr_refuses_two_inputs_for_one_output(capsys, tmp_path):
                             "--model", "bicubic", "--device", "cpu")
     one_line_error(code, err, "same.png", "same.jpg", str(out / "same_x2.png"))
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- 14: hints that fit the command
+@pytest.mark.parametrize("command, fits", [
+    (["sr", "{missing}", "-o", "{out}", "--model", "bicubic"], "super-resolved"),
+    (["bench", "quality", "--hr", "{missing}", "--scales", "2", "--kernels", "bicubic", "--models", "bicubic"], "--hr"),
+    (["estimate", "{missing}", "-o", "{out}"], "estimated"),
+])
+def test_missing_input_hint_fits_the_command(capsys, tmp_path, command, fits):
+    missing = tmp_path / "nope.png"
+    args = [a.format(missing=missing, out=tmp_path / "out") for a in command]
+    code, out, err = cli(capsys, *args, "--device", "cpu")
+    one_line_error(code, err, str(missing), "no such file")
+    hint = [ln for ln in err.splitlines() if ln.startswith("try:")]
+    assert len(hint) == 1 and fits in hint[0], err
+    if command[0] != "estimate":
+        assert "estimated" not in err

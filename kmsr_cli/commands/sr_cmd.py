@@ -25,7 +25,8 @@ def _inputs(specs: list[str]) -> list[str]:
         return ["-"]
     if "-" in specs:
         raise CliError("'-' (an image on stdin) cannot be mixed with other inputs")
-    return [str(p) for p in discover_photos(specs)]
+    return [str(p) for p in discover_photos(specs, missing_hint="check the image paths; nothing was super-resolved",
+                                            empty_hint="kmsr sr IMAGE_OR_FOLDER... -o OUT")]
 
 
 def _relative_names(items: list[str], specs: list[str]) -> dict[str, Path]:
