@@ -70,3 +70,22 @@ def _json_default(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def printable(text: Any) -> str:
+    """``text`` safe to show on a terminal: control and format characters (ESC, CR, BEL, DEL, C1,
+    bidi overrides, line separators) written as escapes such as ``\\x1b`` or ``\\u202e``.
+
+    For strings that come from files (attributes, provenance, names): printed raw, an escape
+    sequence in one would drive the user's terminal. JSON output escapes them on its own.
+    """
+    import unicodedata
+
+    out = []
+    for ch in str(text):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)

@@ -360,3 +360,21 @@ def test_missing_input_hint_fits_the_command(capsys, tmp_path, command, fits):
     assert len(hint) == 1 and fits in hint[0], err
     if command[0] != "estimate":
         assert "estimated" not in err
+
+
+# --------------------------------------------------------------------------- 15: control characters in pool show
+def test_pool_show_escapes_control_characters(capsys, tmp_path, write_set, random_kernels):
+    import json
+
+    evil = "nice\x1b]0;owned\x07 set\x1b[2J\r\u202etxt.exe\x9b"
+    pool = write_set(tmp_path / "pool.h5", random_kernels(3, 9), description=evil, method="m\x1b[31m")
+    code, out, err = cli(capsys, "pool", "show", pool)
+    assert code == 0, err
+    for ch in ("\x1b", "\x07", "\r", "\u202e", "\x9b"):
+        assert ch not in out and ch not in err, repr(ch)
+    flat = "".join(out.split())  # the table may wrap
+    assert "nice\\x1b]0;owned\\x07set\\x1b[2J\\x0d\\u202etxt.exe\\x9b" in flat
+    assert "m\\x1b[31m" in flat
+    # --json keeps the value itself, escaped by JSON.
+    code, out, err = cli(capsys, "pool", "show", pool, "--json")
+    assert code == 0 and "\x1b" not in out and json.loads(out)["description"] == evil

@@ -195,16 +195,21 @@ def show(
     if json:
         emit_json(doc)
         return
+    from ..console import printable
+
+    def shown(text) -> str:  # strings from the file: no terminal control characters, no rich markup
+        return escape(printable(text))
+
     out = Console()
-    out.print(f"[bold]{escape(doc['path'])}[/]  {doc['count']} kernels, {doc['kernel_size']}x{doc['kernel_size']}, x{doc['scale']}")
-    out.print(escape(f"created {doc['created_at']} by {doc['created_by']}  {doc['description']}"), highlight=False)
+    out.print(f"[bold]{shown(doc['path'])}[/]  {doc['count']} kernels, {doc['kernel_size']}x{doc['kernel_size']}, x{doc['scale']}")
+    out.print(shown(f"created {doc['created_at']} by {doc['created_by']}  {doc['description']}"), highlight=False)
     t = Table(title="origin / method", title_justify="left")
     t.add_column("origin")
     t.add_column("count", justify="right")
     for k, v in sorted(doc["by_origin"].items()):
-        t.add_row(escape(k), str(v))
+        t.add_row(shown(k), str(v))
     for k, v in sorted(doc["by_method"].items()):
-        t.add_row(f"[dim]method[/] {escape(k)}", str(v))
+        t.add_row(f"[dim]method[/] {shown(k)}", str(v))
     out.print(t)
     t = Table(title="kernel statistics", title_justify="left")
     for col in ("statistic", "mean", "std", "min", "median", "max"):
@@ -215,7 +220,7 @@ def show(
     if "against" in doc:
         a = doc["against"]
         u = f"{a['mmd2_unbiased']:.3g}" if a["mmd2_unbiased"] is not None else "-"
-        out.print(escape(f"against {a['path']} ({a['count']} kernels): MMD {a['mmd']:.4f}, unbiased MMD² {u} (bandwidth {a['bandwidth']:.4f})"),
+        out.print(shown(f"against {a['path']} ({a['count']} kernels): MMD {a['mmd']:.4f}, unbiased MMD² {u} (bandwidth {a['bandwidth']:.4f})"),
                   highlight=False)
     if plot is not None:
-        err.print(escape(f"wrote {plot}"), highlight=False)
+        err.print(shown(f"wrote {plot}"), highlight=False)
