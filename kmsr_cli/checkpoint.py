@@ -181,6 +181,19 @@ def _fmt(options: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in sorted(options.items())) or "no options"
 
 
+def _check_finite(state: dict, path: Path) -> None:
+    """Refuse weights holding NaN or inf: such a model writes black images and exits 0."""
+    import torch
+
+    bad = [(k, int((~torch.isfinite(t)).sum())) for k, t in state.items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        k, n = bad[0]
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise CliError(f"{path}: the weights are damaged: tensor {k!r} holds {n} NaN or infinite values{more}",
+                       hint="use an earlier checkpoint (e.g. best.safetensors), or train again with a lower --lr")
+
+
 def load_model(
     path: str | os.PathLike,
     *,
@@ -232,6 +245,7 @@ def load_model(
             k = wrong[0]
             parts.append(f"{len(wrong)} with other shapes (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
         raise CliError(f"{path}: weights do not fit backbone {meta.backbone!r} ({_fmt(meta.options)}): " + "; ".join(parts))
+    _check_finite(state, path)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta
 

@@ -44,6 +44,8 @@ from kmsr_ops.colour import rgb2ycbcr, ycbcr2rgb
 from kmsr_ops.errors import KmsrInputError
 from kmsr_ops.resize import imresize
 
+from .errors import CliError
+
 
 class UnusableImageError(KmsrInputError):
     """The image itself cannot be super-resolved (too small, odd channel count): a per-file
@@ -309,6 +311,10 @@ def super_resolve(
                     "the untiled one (--tile 0 for that)", model.name, len(tiles))
     for n, t in enumerate(tiles):
         restored = _tile(model, run, rgb, t, s, overlap)  # (3, th, tw) RGB float in [0, 1]
+        if not np.isfinite(restored).all():  # would be written as black pixels
+            raise CliError(f"{model.name}: the network's output holds NaN or infinite values; nothing was written "
+                           "for this image",
+                           hint="try without --half" if half else "check the model's weights (a diverged or damaged model?)")
         if grey:
             restored = restored.mean(axis=0, keepdims=True)
         out[t.y0 : t.y1, t.x0 : t.x1, :out_c] = np.rint(np.clip(restored, 0, 1) * maxval).transpose(1, 2, 0)

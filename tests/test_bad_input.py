@@ -378,3 +378,36 @@ def test_pool_show_escapes_control_characters(capsys, tmp_path, write_set, rando
     # --json keeps the value itself, escaped by JSON.
     code, out, err = cli(capsys, "pool", "show", pool, "--json")
     assert code == 0 and "\x1b" not in out and json.loads(out)["description"] == evil
+
+
+# --------------------------------------------------------------------------- 16: a model with NaN weights
+def test_sr_refuses_a_model_with_nan_weights(capsys, tmp_path, photo):
+    import torch
+
+    from kmsr_cli.checkpoint import save_model
+    from kmsr_cli.plugin_host import get_host
+
+    model = get_host().get("backbones", "kmsr").create(scale=2, blocks=1, filters=8)
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(float("nan"))
+    ckpt = save_model(tmp_path / "nan.safetensors", model, backbone="kmsr", scale=2)
+    out = tmp_path / "o.png"
+    code, stdout, err = cli(capsys, "sr", photo, "-o", out, "--model", ckpt, "--device", "cpu")
+    one_line_error(code, err, str(ckpt), "NaN")
+    assert not out.exists()
+
+
+def test_sr_refuses_non_finite_output(tmp_path):
+    """Whatever the weights, a NaN output is an error, not a black image."""
+    import torch
+
+    from kmsr_cli.errors import CliError
+    from kmsr_cli.infer import SRModel, super_resolve
+
+    class Overflow(torch.nn.Module):
+        def forward(self, x):
+            return x * float("inf") - x * float("inf")
+
+    srm = SRModel(Overflow(), scale=2, name="overflowing-model")
+    with pytest.raises(CliError, match="overflowing-model: the network's output holds NaN"):
+        super_resolve(srm, np.full((8, 8, 3), 0.5), tile=0, overlap=0, fast=False)
