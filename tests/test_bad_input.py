@@ -411,3 +411,19 @@ def test_sr_refuses_non_finite_output(tmp_path):
     srm = SRModel(Overflow(), scale=2, name="overflowing-model")
     with pytest.raises(CliError, match="overflowing-model: the network's output holds NaN"):
         super_resolve(srm, np.full((8, 8, 3), 0.5), tile=0, overlap=0, fast=False)
+
+
+# --------------------------------------------------------------------------- minor: sr -o o.jpg
+@pytest.mark.parametrize("name", ["o.jpg", "o.TIFF"])
+def test_sr_output_is_png_only(capsys, tmp_path, photo, name):
+    out = tmp_path / name
+    code, stdout, err = cli(capsys, "sr", photo, "-o", out, "--model", "bicubic", "--device", "cpu")
+    assert code == 2 and "Traceback" not in err, err
+    flat = " ".join(err.split())
+    assert "PNG only" in flat and str(out.with_suffix(".png")) in flat, err
+    assert list(tmp_path.iterdir()) == [photo]
+
+
+def test_sr_help_says_png_only(capsys):
+    code, stdout, err = cli(capsys, "sr", "--help")
+    assert code == 0 and "PNG only" in " ".join(stdout.split())

@@ -55,8 +55,8 @@ def _targets(items: list[str], specs: list[str], out: str, many: bool, scale: in
     if out == "-":
         return {inp: "-" for inp in items}
     o = Path(out)
-    if not many and o.suffix.lower() in _SUFFIXES:
-        return {items[0]: str(o.with_suffix(".png")) if o.suffix.lower() != ".png" else str(o)}
+    if not many and o.suffix.lower() == ".png":
+        return {items[0]: str(o)}
     names = _relative_names(items, specs)
     targets, owner = {}, {}
     for inp in items:
@@ -73,7 +73,7 @@ def _targets(items: list[str], specs: list[str], out: str, many: bool, scale: in
 
 def sr(
     inputs: Annotated[list[str], typer.Argument(help="Images: files, folders, globs, or - (image bytes on stdin).")],
-    out: Annotated[str, typer.Option("-o", "--out", help="Output PNG for one input, a folder for several (NAME_xS.png, keeping the sub-folders of an input folder), or - for PNG on stdout.")],
+    out: Annotated[str, typer.Option("-o", "--out", help="Output PNG for one input (PNG only: another image suffix such as .jpg is a usage error), a folder for several (NAME_xS.png, keeping the sub-folders of an input folder), or - for PNG on stdout.")],
     model: Annotated[str, typer.Option("--model", help="A .safetensors checkpoint, NAME:WEIGHTS (e.g. vdsr:vdsr.npz), bicubic, or a backbone name for kmsr's shipped model.")] = "kmsr",
     scale: Annotated[int | None, typer.Option("--scale", help="SR scale (default: the checkpoint's, else 2).", min=1)] = None,
     tile: Annotated[int, typer.Option("--tile", help="Tile size in output pixels (0 = whole image at once).", min=0)] = 512,
@@ -92,7 +92,8 @@ def sr(
     Pre-upsampling models (KMSR, SRCNN, VDSR) get the MATLAB-bicubic-upscaled image; LR models
     (EDSR, DBPN) the image itself. Tiles with a margin of the network's receptive-field radius
     give exactly the untiled result. A file that cannot be read is reported and the others go
-    on; the exit code is then 1. Into a folder, each image becomes NAME_xS.png under the same
+    on; the exit code is then 1. The output is always PNG: `-o photo.jpg` is refused (exit 2).
+    Into a folder, each image becomes NAME_xS.png under the same
     sub-folders as below the input folder it was found in (shots/a/x.png -> sr/a/x_x2.png); two
     inputs that would share an output are refused before anything is written.
 
@@ -109,6 +110,10 @@ def sr(
     from ..infer import UnusableImageError, super_resolve
     from ..models import resolve_model
 
+    if out != "-" and Path(out).suffix.lower() in _SUFFIXES - {".png"}:
+        # Writing PNG bytes under a .jpg name, or quietly renaming the output, would both surprise.
+        raise typer.BadParameter(f"{out}: kmsr sr writes PNG only (keeping 16-bit depth and alpha); "
+                                 f"use -o {Path(out).with_suffix('.png')}", param_hint="'-o' / '--out'")
     items = _inputs(inputs)
     if out == "-" and len(items) > 1:
         raise CliError("-o - writes one PNG to stdout; give a folder for several inputs")
