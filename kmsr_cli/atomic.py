@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+# Longest file name most file systems take (ext4, XFS, btrfs, APFS, NTFS: 255 bytes).
+NAME_MAX = 255
+# Temporary files are named by this hidden prefix and a short random token, never by the
+# output's own name: any name the file system accepts for the output works for its temp file.
+TMP_PREFIX = ".kmsr-"
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return NAME_MAX
+
+
+def sidecar_path(path: str | os.PathLike, suffix: str) -> Path:
+    """``PATH`` + ``suffix`` beside ``path`` (``k.h5.partial``, ``k.h5.lock``) when that name
+    fits the file system; for a name too long for it, a short hidden name derived from the
+    output's name (the same on every run, so a rerun finds it)."""
+    path = Path(path)
+    name = path.name + suffix
+    folder = path.parent if str(path.parent) else Path(".")
+    limit = _name_max(folder) if folder.is_dir() else NAME_MAX
+    if len(os.fsencode(name)) <= limit:
+        return path.with_name(name)
+    digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]
+    return path.with_name(f"{TMP_PREFIX}{digest}{suffix}")
 
 
 def replace_atomically(path: str | os.PathLike, write: Callable[[str], None], *, fsync: bool = False) -> Path:
@@ -17,7 +45,7 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[str], None], *,
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

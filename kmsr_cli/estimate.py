@@ -33,6 +33,7 @@ import numpy as np
 from kmsr_ops.errors import ImageReadError, KmsrInputError
 from kmsr_ops.resize import imresize
 
+from .atomic import sidecar_path
 from .errors import CliError
 from .kernelset import KernelSet, Provenance, write_kernel_set
 
@@ -246,7 +247,7 @@ class PartialStore:
     """
 
     def __init__(self, out: Path, *, kernel_size: int | None = None, warn: Callable[[str], None] | None = None):
-        self.folder = out.with_name(out.name + ".partial")
+        self.folder = sidecar_path(out, ".partial")
         self.kernel_size = kernel_size
         self.warn = warn or (lambda msg: None)
 

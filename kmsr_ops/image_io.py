@@ -553,11 +553,11 @@ def write_png(path: str | os.PathLike, pixels: np.ndarray, *, bit_depth: int = 8
         raise KmsrInputError(f"cannot write {target!r}: folder {folder!r} does not exist")
     if os.path.isdir(target):
         raise KmsrInputError(f"cannot write {target!r}: it is a directory")
-    base = os.path.basename(target)
     try:
         # Mode 0o666 lets the umask decide, like a plain open(); mkstemp would force 0o600.
         while True:
-            tmp = os.path.join(folder, f".{base}.{os.urandom(4).hex()}.tmp")
+            # A short name, not the output's: a long but legal output name still has a temp name.
+            tmp = os.path.join(folder, f".kmsr-{os.urandom(6).hex()}.tmp")
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
                 break

@@ -1,0 +1,72 @@
+"""More bad input from issue #14, in the style of test_bad_input.py: one line ``error: ...``
+on stderr, exit 1 (2 for usage errors), no traceback; tiny fixtures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_bad_input import ESTIMATE_FAST, TINY_TRAIN, cli, one_line_error, save_photo  # noqa: F401
+
+TINY_GAN = 1 / 32
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv("KMSR_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="module")
+def two_photos(tmp_path_factory):
+    """Two 64x64 crops: one 128x128 patch each at x2."""
+    folder = tmp_path_factory.mktemp("estimate-photos-2")
+    save_photo(folder / "a.png", top=100, left=100)
+    save_photo(folder / "b.png", name="coffee", top=100, left=200)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_gan(tmp_path_factory):
+    """A GAN checkpoint trained for one iteration at 1/32 width."""
+    import torch
+
+    from conftest import make_random_kernels, write_test_set
+    from kmsr_cli.gan import train_gan
+    from kmsr_cli.plugin_host import get_host
+
+    folder = tmp_path_factory.mktemp("gan-2")
+    data = write_test_set(folder / "train.h5", make_random_kernels(16, 25))
+    out = folder / "gan.safetensors"
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            train_gan(get_host(), [data], out, iters=1, settings={"width_mult": TINY_GAN, "seed": 0}, device="cpu")
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+# --------------------------------------------------------------------------- 9: long but legal output names
+LONG = "n" * 246  # a 246-character stem: NAME.h5 / NAME.png are legal (<= 255 bytes), NAME.h5.partial is not
+
+
+@pytest.mark.parametrize("command", ["pool synth", "gan sample", "estimate", "sr"])
+def test_long_output_name(capsys, tmp_path, command, two_photos, tiny_gan):
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    suffix = ".png" if command == "sr" else ".h5"
+    out = outdir / (LONG + suffix)
+    args = {
+        "pool synth": ["pool", "synth", "-n", "3", "--size", "9", "-o", out],
+        "gan sample": ["gan", "sample", tiny_gan, "-n", "3", "-o", out, "--device", "cpu"],
+        "estimate": ["estimate", two_photos, "-o", out, *ESTIMATE_FAST],
+        "sr": ["sr", two_photos / "a.png", "-o", out, "--model", "bicubic", "--device", "cpu"],
+    }[command]
+    code, stdout, err = cli(capsys, *args)
+    assert code == 0 and "Traceback" not in err, err
+    assert _names(outdir) == [out.name]  # no temp file or partial folder left over
