@@ -77,3 +77,67 @@ def check_output_folder(path: str | os.PathLike, option: str) -> Path:
                                hint=f"choose another {option}, or move {p} away")
             break
     return path
+
+
+class OutputLock:
+    """An exclusive ``fcntl.flock`` on ``OUT.lock`` beside an output, held for a whole run.
+
+    A second run on the same output fails at once (``CliError`` naming the output) instead of
+    sharing its temporary and partial files. The lock file is removed when the lock is
+    released; a run that finds the file it locked already unlinked (a race with that removal)
+    locks the new one instead. The lock goes with the process, so a killed run never leaves
+    the output locked.
+    """
+
+    def __init__(self, path: str | os.PathLike, command: str = "kmsr"):
+        self.path = Path(path)
+        self.lock_path = sidecar_path(self.path, ".lock")
+        self.command = command
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        import fcntl
+
+        from .errors import CliError
+
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise CliError(
+                    f"{self.path}: another {self.command} run is writing this output (it holds {self.lock_path})",
+                    hint="wait for that run to finish, or choose another -o",
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return self
+            os.close(fd)  # the holder removed it between our open and our lock: take the new one
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.lock_path)  # still holding the lock: nobody else can be using this file
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

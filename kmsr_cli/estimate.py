@@ -33,7 +33,7 @@ import numpy as np
 from kmsr_ops.errors import ImageReadError, KmsrInputError
 from kmsr_ops.resize import imresize
 
-from .atomic import sidecar_path
+from .atomic import OutputLock, sidecar_path
 from .errors import CliError
 from .kernelset import KernelSet, Provenance, write_kernel_set
 
@@ -224,11 +224,11 @@ def plan_patches(grey_up: np.ndarray, sha: str, photo: str, settings: Settings, 
 
 def load_photo(path: Path, scale: int) -> tuple[np.ndarray, str]:
     """Grey, upscaled photo and the SHA-256 of its file."""
-    from kmsr_ops.image_io import read_image_array
+    from kmsr_ops.image_io import read_image_bytes
 
-    data = path.read_bytes()
+    data = path.read_bytes()  # read once: the pixels are those of the bytes hashed
     sha = hashlib.sha256(data).hexdigest()
-    pixels = read_image_array(path)
+    pixels = read_image_bytes(data, str(path)).pixels
     grey = to_grey(pixels)
     if scale != 1:
         grey = np.clip(imresize(grey, scale), 0.0, 1.0)
@@ -399,7 +399,22 @@ def _check_existing_output(out: Path, settings: Settings) -> tuple[np.ndarray | 
         return ks.kernels(), ks.provenance()
 
 
-def run_estimate(
+def run_estimate(host, photos: list[Path], out: Path, settings: Settings, **kwargs) -> EstimateSummary:
+    """Estimate kernels for ``photos`` (this shard's share) and write/extend ``out`` atomically.
+
+    Keywords: ``device``, ``workers``, ``shard`` (i, N), ``progress``, ``warn``.
+    ``progress(event, **info)`` is called with ``photo`` (after each photo), ``planned``
+    (number of new patches queued) and ``kernel`` (after each kernel).
+
+    The run holds an exclusive lock on ``OUT.lock`` from start to end: a second run on the same
+    output fails at once instead of sharing (and deleting) ``OUT.partial/``.
+    """
+    settings.validate()
+    with OutputLock(out, "kmsr estimate"):
+        return _run_estimate_locked(host, photos, out, settings, **kwargs)
+
+
+def _run_estimate_locked(
     host,
     photos: list[Path],
     out: Path,
@@ -411,12 +426,6 @@ def run_estimate(
     progress: Callable[..., None] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> EstimateSummary:
-    """Estimate kernels for ``photos`` (this shard's share) and write/extend ``out`` atomically.
-
-    ``progress(event, **info)`` is called with ``photo`` (after each photo), ``planned``
-    (number of new patches queued) and ``kernel`` (after each kernel).
-    """
-    settings.validate()
     t0 = time.perf_counter()
     progress = progress or (lambda *a, **k: None)
     warn = warn or (lambda msg: None)

@@ -70,3 +70,51 @@ def test_long_output_name(capsys, tmp_path, command, two_photos, tiny_gan):
     code, stdout, err = cli(capsys, *args)
     assert code == 0 and "Traceback" not in err, err
     assert _names(outdir) == [out.name]  # no temp file or partial folder left over
+
+
+# --------------------------------------------------------------------------- 19: two estimate runs on one output
+def test_estimate_second_run_on_one_output_fails_at_once(run_kmsr, tmp_path, two_photos):
+    """The first run blocks reading a photo from a FIFO while it holds the output; the second
+    fails at once naming the output; the first then finishes with every kernel."""
+    import io
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    from conftest import cli_env
+    from test_bad_input import _by_unit
+
+    fifo = tmp_path / "slow.png"
+    os.mkfifo(fifo)
+    png = io.BytesIO()
+    Image.open(save_photo(tmp_path / "src" / "c.png", name="chelsea", top=50, left=100)).save(png, format="PNG")
+    out = tmp_path / "k.h5"
+    args = ["estimate", fifo, two_photos, "-o", out, *ESTIMATE_FAST]
+    first = subprocess.Popen([sys.executable, "-m", "kmsr_cli", *map(str, args)], cwd=tmp_path,
+                             env=cli_env({"OMP_NUM_THREADS": "1"}), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        lock = tmp_path / "k.h5.lock"
+        deadline = time.monotonic() + 60
+        while not (lock.exists() and lock.read_text().strip()):  # the pid is written once the lock is held
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first run never took the lock"
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        # In a subprocess: without the lock it would block on the FIFO too, and time out.
+        second = run_kmsr(*args, env={"OMP_NUM_THREADS": "1"}, timeout=60)
+        line = one_line_error(second.returncode, second.stderr, str(out), "another kmsr estimate run")
+        assert time.monotonic() - t0 < 60 and second.stdout == "", line
+        with open(fifo, "wb") as fh:  # let the first run go on
+            fh.write(png.getvalue())
+        stdout, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0, err
+    assert len(_by_unit(out)) == 3  # every kernel of the first run: nobody deleted its partial folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.h5", "slow.png", "src"]
