@@ -274,6 +274,29 @@ class PartialStore:
             return None
         return kernel, prov
 
+    def claim(self, fingerprint: dict, existing: str = "resume") -> None:
+        """Mark the folder as this run's (``run.json``). The unfinished parts of another run
+        (other settings or photos) are refused, or discarded with ``existing="overwrite"``."""
+        from .atomic import replace_atomically
+
+        marker = self.folder / _RUN_FILE
+        if marker.is_file():
+            try:
+                made_by = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                made_by = None
+            if made_by != fingerprint:
+                if existing != "overwrite":
+                    diff = _fingerprint_differences(made_by, fingerprint) if isinstance(made_by, dict) else "unknown settings"
+                    raise CliError(f"{self.folder} holds the unfinished kernels of another estimate run ({diff})",
+                                   hint="rerun that command to finish it, choose another -o, "
+                                        "or add --overwrite to discard them")
+                self.clear()
+        elif existing == "overwrite":
+            self.clear()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        replace_atomically(marker, lambda tmp: Path(tmp).write_text(json.dumps(fingerprint, sort_keys=True)))
+
     def done_keys(self) -> set[str]:
         """Unit keys of the parts that read back whole; damaged ones are discarded here."""
         if not self.folder.is_dir():
@@ -386,9 +409,47 @@ def _skip_kind(reason: str) -> str:
     return "too small" if reason.startswith("too small") else "without a textured patch"
 
 
-def _check_existing_output(out: Path, settings: Settings) -> tuple[np.ndarray | None, Provenance | None]:
-    if not out.exists():
+EXISTING = ("resume", "append", "overwrite")
+# Root attribute of the kernel sets estimate writes: the run that made them (run_fingerprint).
+RUN_ATTR = "estimate_run"
+_RUN_FILE = "run.json"
+_EXISTING_HINT = ("choose another -o, add --append to add this run's kernels to it, "
+                  "or --overwrite to replace it")
+_WHAT = {"scale": "--scale", "patch": "--patch", "per_image": "--per-image", "kernel_size": "--kernel-size",
+         "estimator": "--estimator", "criterion": "--criterion", "seed": "--seed",
+         "estimator_params": "estimator parameters (--option, --device)", "shard": "--shard"}
+
+
+def run_fingerprint(settings: Settings, est_params: dict, photos: list[Path], shard: tuple[int, int]) -> dict:
+    """What makes a run of estimate the same command: its settings and its photo list (absolute
+    paths, in order, as bytes so that any file name counts). Rerunning it resumes; anything
+    else on the same output is refused unless --append or --overwrite says what to do."""
+    listing = hashlib.sha256()
+    for p in photos:
+        listing.update(os.fsencode(os.path.abspath(p)) + b"\0")
+    return {"scale": settings.scale, "patch": settings.patch, "per_image": settings.per_image,
+            "kernel_size": settings.kernel_size, "estimator": settings.estimator, "criterion": settings.criterion,
+            "seed": settings.seed, "estimator_params": json.loads(json.dumps(est_params, sort_keys=True, default=str)),
+            "shard": f"{shard[0]}/{shard[1]}", "photo_count": len(photos), "photos_sha256": listing.hexdigest()}
+
+
+def _fingerprint_differences(old: dict, new: dict) -> str:
+    """``--seed 0, not 1; other photos (3, not 2)``: how the run that made ``old`` differs."""
+    parts = []
+    for key, what in _WHAT.items():
+        if old.get(key) != new.get(key):
+            parts.append(f"{what} {old.get(key)!r}, not {new.get(key)!r}" if key != "estimator_params" else what)
+    if old.get("photos_sha256") != new.get("photos_sha256"):
+        n_old, n_new = old.get("photo_count"), new.get("photo_count")
+        parts.append(f"other photos ({n_old}, not {n_new})" if n_old != n_new else "other photos")
+    return "; ".join(parts) or "other settings"
+
+
+def _check_existing_output(out: Path, settings: Settings, fingerprint: dict, existing: str = "resume"
+                           ) -> tuple[np.ndarray | None, Provenance | None]:
+    if existing == "overwrite" or not (out.exists() or out.is_symlink()):
         return None, None
+    link = f" (a link to {os.readlink(out)})" if out.is_symlink() else ""
     ks = KernelSet(out)
     if ks.scale != settings.scale or ks.kernel_size != settings.kernel_size:
         raise CliError(
@@ -396,13 +457,34 @@ def _check_existing_output(out: Path, settings: Settings) -> tuple[np.ndarray | 
             hint="write to another -o file, or delete the old one",
         )
     with ks:
+        if existing == "resume":
+            raw = ks.attrs.get(RUN_ATTR)
+            try:
+                made_by = json.loads(raw.decode() if isinstance(raw, bytes) else raw) if raw is not None else None
+            except (TypeError, ValueError):
+                made_by = None
+            if not isinstance(made_by, dict):
+                from collections import Counter
+
+                origins = ", ".join(f"{c} {o}" for o, c in Counter(ks.provenance().origin).most_common())
+                raise CliError(f"{out}{link} already exists and was not written by this estimate command "
+                               f"(it holds {origins} kernels): refusing to add this run's kernels to it",
+                               hint=_EXISTING_HINT)
+            if made_by != fingerprint:
+                raise CliError(f"{out}{link} already holds the kernels of another estimate run "
+                               f"({_fingerprint_differences(made_by, fingerprint)}): refusing to add this run's to them",
+                               hint=_EXISTING_HINT)
         return ks.kernels(), ks.provenance()
 
 
 def run_estimate(host, photos: list[Path], out: Path, settings: Settings, **kwargs) -> EstimateSummary:
     """Estimate kernels for ``photos`` (this shard's share) and write/extend ``out`` atomically.
 
-    Keywords: ``device``, ``workers``, ``shard`` (i, N), ``progress``, ``warn``.
+    Keywords: ``device``, ``workers``, ``shard`` (i, N), ``progress``, ``warn``, ``existing``.
+    ``existing`` says what to do with an ``out`` that exists: ``resume`` (default) only when the
+    same settings and photos made it (its ``estimate_run`` attribute), else refused; ``append``
+    adds this run's kernels to any kernel set of the scale and size; ``overwrite`` replaces it
+    (and discards another run's ``OUT.partial/``).
     ``progress(event, **info)`` is called with ``photo`` (after each photo), ``planned``
     (number of new patches queued) and ``kernel`` (after each kernel).
 
@@ -425,7 +507,10 @@ def _run_estimate_locked(
     shard: tuple[int, int] = (0, 1),
     progress: Callable[..., None] | None = None,
     warn: Callable[[str], None] | None = None,
+    existing: str = "resume",
 ) -> EstimateSummary:
+    if existing not in EXISTING:
+        raise KmsrInputError(f"existing: expected one of {', '.join(EXISTING)}, found {existing!r}")
     t0 = time.perf_counter()
     progress = progress or (lambda *a, **k: None)
     warn = warn or (lambda msg: None)
@@ -438,8 +523,10 @@ def _run_estimate_locked(
     summary = EstimateSummary(output=str(out), photos=len(photos), photos_in_shard=len(mine),
                               shard=f"{si}/{sn}", estimator=settings.estimator)
 
-    old_kernels, old_prov = _check_existing_output(out, settings)
+    fingerprint = run_fingerprint(settings, est_params, photos, shard)
+    old_kernels, old_prov = _check_existing_output(out, settings, fingerprint, existing)
     store = PartialStore(out, kernel_size=settings.kernel_size, warn=warn)
+    store.claim(fingerprint, existing)
     done = store.done_keys()
     if old_prov is not None:
         for p in old_prov.params:
@@ -550,7 +637,8 @@ def _run_estimate_locked(
     summary.kernels_total = len(kernels)
     if kernels and (parts or old_kernels is None):
         write_kernel_set(out, np.stack(kernels), prov, scale=settings.scale,
-                         description=f"kernels estimated by {settings.estimator} from photos (x{settings.scale})")
+                         description=f"kernels estimated by {settings.estimator} from photos (x{settings.scale})",
+                         extra_attrs={RUN_ATTR: json.dumps(fingerprint, sort_keys=True)})
     if not kernels:
         summary.output = None  # the caller reports it: summary.why_nothing() says why
     store.clear()

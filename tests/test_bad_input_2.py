@@ -118,3 +118,64 @@ def test_estimate_second_run_on_one_output_fails_at_once(run_kmsr, tmp_path, two
     assert first.returncode == 0, err
     assert len(_by_unit(out)) == 3  # every kernel of the first run: nobody deleted its partial folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.h5", "slow.png", "src"]
+
+
+# --------------------------------------------------------------------------- 17: estimate -o EXISTING.h5
+def _count(path):
+    from kmsr_cli.kernelset import KernelSet
+
+    with KernelSet(path) as ks:
+        return len(ks), sorted(set(ks.provenance().origin))
+
+
+def test_estimate_refuses_an_existing_set_it_did_not_make(capsys, tmp_path, two_photos, write_set, random_kernels):
+    synth = write_set(tmp_path / "synth.h5", random_kernels(4, 9))
+    before = synth.read_bytes()
+    link = tmp_path / "link.h5"
+    link.symlink_to(synth)
+    for out in (synth, link):
+        code, stdout, err = cli(capsys, "estimate", two_photos, "-o", out, *ESTIMATE_FAST)
+        line = one_line_error(code, err, str(out), "4 synthetic kernels")
+        assert "--append" in err and "--overwrite" in err and stdout == "", line
+        assert synth.read_bytes() == before and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.h5", "synth.h5"]  # no lock or partial left
+    # Said explicitly, either works.
+    code, stdout, err = cli(capsys, "estimate", two_photos, "-o", synth, *ESTIMATE_FAST, "--append")
+    assert code == 0, err
+    assert _count(synth) == (6, ["estimated", "synthetic"])
+    code, stdout, err = cli(capsys, "estimate", two_photos, "-o", synth, *ESTIMATE_FAST, "--overwrite")
+    assert code == 0, err
+    assert _count(synth) == (2, ["estimated"])
+    code, stdout, err = cli(capsys, "estimate", two_photos, "-o", synth, *ESTIMATE_FAST, "--append", "--overwrite")
+    assert code == 2 and "Traceback" not in err, err
+
+
+def test_estimate_resumes_its_own_output_but_refuses_another_run(capsys, tmp_path, two_photos):
+    out = tmp_path / "k.h5"
+    code, stdout, err = cli(capsys, "estimate", two_photos, "-o", out, *ESTIMATE_FAST)
+    assert code == 0, err
+    done = out.read_bytes()
+    # The same command again resumes: nothing to do, the file is kept.
+    code, stdout, err = cli(capsys, "estimate", two_photos, "-o", out, *ESTIMATE_FAST)
+    assert code == 0 and "0 new kernels (2 already done), 2 in" in " ".join(err.split()), err
+    assert out.read_bytes() == done
+    # Another seed, or other photos, would pile up: refused, naming the difference.
+    code, stdout, err = cli(capsys, "estimate", two_photos, "-o", out, *ESTIMATE_FAST, "--seed", "1")
+    one_line_error(code, err, str(out), "another estimate run", "--seed 0, not 1")
+    code, stdout, err = cli(capsys, "estimate", two_photos / "a.png", "-o", out, *ESTIMATE_FAST)
+    one_line_error(code, err, str(out), "another estimate run", "other photos (2, not 1)")
+    assert out.read_bytes() == done
+
+
+def test_estimate_refuses_the_partial_folder_of_another_run(capsys, tmp_path, two_photos):
+    import json
+
+    out = tmp_path / "k.h5"
+    partial = tmp_path / "k.h5.partial"
+    partial.mkdir()
+    (partial / "run.json").write_text(json.dumps({"seed": 5}))
+    code, stdout, err = cli(capsys, "estimate", two_photos, "-o", out, *ESTIMATE_FAST)
+    one_line_error(code, err, str(partial), "another estimate run")
+    assert not out.exists() and partial.is_dir()
+    code, stdout, err = cli(capsys, "estimate", two_photos, "-o", out, *ESTIMATE_FAST, "--overwrite")
+    assert code == 0 and _count(out) == (2, ["estimated"]) and not partial.exists(), err

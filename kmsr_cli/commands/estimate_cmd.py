@@ -39,6 +39,8 @@ def estimate(
     option: Annotated[list[str] | None, typer.Option("--option", help="Estimator parameter KEY=VALUE (JSON value); repeatable.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Parallel worker processes on this machine; 0 = one per core.", min=0)] = 0,
     shard: Annotated[str | None, typer.Option("--shard", help="i/N: only every N-th photo from the i-th (0-based), for cluster job arrays; combine with `kmsr pool merge`.")] = None,
+    append: Annotated[bool, typer.Option("--append", help="Add this run's kernels to an existing -o kernel set made by other settings, photos or tools (refused without it; rerunning the same command resumes).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing -o made by another run (refused without it), and discard another run's unfinished OUT.partial/.")] = False,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     json: JsonOpt = False,
@@ -62,6 +64,8 @@ def estimate(
     from ..estimate import Settings, discover_photos, parse_shard, run_estimate
     from ..plugin_host import get_host
 
+    if append and overwrite:
+        raise typer.BadParameter("give --append or --overwrite, not both", param_hint="'--append' / '--overwrite'")
     settings = Settings(scale=scale, patch=patch, per_image=per_image, kernel_size=kernel_size,
                         estimator=estimator, criterion=criterion, seed=seed, options=parse_key_values(option))
     settings.validate()
@@ -96,7 +100,8 @@ def estimate(
             prog.console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
         summary = run_estimate(host, photo_list, out, settings, device=dev, workers=n_workers, shard=shard_t,
-                               progress=on_progress, warn=on_warn)
+                               progress=on_progress, warn=on_warn,
+                               existing="append" if append else "overwrite" if overwrite else "resume")
     doc = summary.as_dict()
     if json:
         emit_json(doc)
