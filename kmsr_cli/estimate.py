@@ -35,7 +35,7 @@ from kmsr_ops.resize import imresize
 
 from .atomic import OutputLock, sidecar_path
 from .errors import CliError
-from .kernelset import KernelSet, Provenance, write_kernel_set
+from .kernelset import KernelSet, Provenance, path_bytes_hex, write_kernel_set
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm"}
 # Smallest patch side (after upscaling) worth estimating a kernel from: below this a 25x25
@@ -594,7 +594,9 @@ def _run_estimate_locked(
                     "box": list(unit.box),
                     "method": settings.estimator,
                     "params": {"estimator": est_params, "unit": unit.key, "photo_sha256": sha,
-                               "scale": settings.scale, "criterion": settings.criterion},
+                               "scale": settings.scale, "criterion": settings.criterion,
+                               # A name that is not UTF-8: its exact bytes (source holds it escaped).
+                               **({"source_bytes_hex": raw} if (raw := path_bytes_hex(photo)) else {})},
                     "seed": settings.seed,
                     "index": unit.index,
                 }

@@ -46,6 +46,30 @@ _INT_FIELDS = ("seed", "index")
 _MISSING = object()
 
 
+def h5_text(value) -> str:
+    """``value`` as text HDF5 can store (UTF-8). A path that is not UTF-8 (bytes such as 0xff in a
+    file name, held as surrogates by ``os.fsdecode``) is written with those bytes as ``\\xff``
+    escapes instead of failing the whole write; :func:`path_bytes_hex` keeps them exactly."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def path_bytes_hex(path) -> str | None:
+    """The exact bytes of a file name that is not valid UTF-8, as hex (None for a UTF-8 name):
+    stored beside the escaped text so the name is kept losslessly (``bytes.fromhex``)."""
+    text = os.fspath(path)
+    raw = text if isinstance(text, bytes) else os.fsencode(text)
+    try:
+        raw.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        return raw.hex()
+
+
 @dataclass
 class Provenance:
     """Per-kernel provenance, column-wise (every list has one entry per kernel)."""
@@ -130,16 +154,16 @@ def write_kernel_set(
             f.attrs["count"] = int(n)
             f.attrs["created_by"] = f"kmsr {__version__}"
             f.attrs["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            f.attrs["description"] = description
+            f.attrs["description"] = h5_text(description)
             for key, value in (extra_attrs or {}).items():
-                f.attrs[key] = value
+                f.attrs[key] = h5_text(value) if isinstance(value, str) else value
             # Whole kernels per chunk, ~160 kB chunks: random single-kernel reads stay cheap.
             chunk = (max(1, min(n, 65536 // (k * k))), k, k)
             f.create_dataset("kernels", data=kernels.astype(np.float32), chunks=chunk, compression="gzip", compression_opts=4, shuffle=True)
             g = f.create_group("provenance")
             sdt = h5py.string_dtype("utf-8")
             for name in _STR_FIELDS:
-                g.create_dataset(name, data=np.array(getattr(provenance, name), dtype=object), dtype=sdt)
+                g.create_dataset(name, data=np.array([h5_text(v) for v in getattr(provenance, name)], dtype=object), dtype=sdt)
             g.create_dataset("box", data=np.asarray(provenance.box, dtype=np.int32).reshape(n, 4))
             for name in _INT_FIELDS:
                 g.create_dataset(name, data=np.asarray(getattr(provenance, name), dtype=np.int64))

@@ -179,3 +179,31 @@ def test_estimate_refuses_the_partial_folder_of_another_run(capsys, tmp_path, tw
     assert not out.exists() and partial.is_dir()
     code, stdout, err = cli(capsys, "estimate", two_photos, "-o", out, *ESTIMATE_FAST, "--overwrite")
     assert code == 0 and _count(out) == (2, ["estimated"]) and not partial.exists(), err
+
+
+# --------------------------------------------------------------------------- 10: photo names that are not UTF-8
+def test_estimate_non_utf8_photo_name(capsys, tmp_path, two_photos):
+    import json
+    import os
+    import shutil
+
+    from kmsr_cli.kernelset import KernelSet
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    raw = os.fsencode(folder) + b"/x\xff\xfe.png"  # not UTF-8: a surrogateescape str in Python
+    shutil.copyfile(two_photos / "a.png", raw)
+    photo = os.fsdecode(raw)
+    out = tmp_path / "k.h5"
+    code, stdout, err = cli(capsys, "estimate", folder, "-o", out, *ESTIMATE_FAST)
+    assert code == 0 and "Traceback" not in err, err
+    with KernelSet(out) as ks:
+        prov = ks.provenance()
+        assert len(ks) == 1
+    assert prov.source == [photo.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")]
+    assert prov.source[0].endswith("/x\\xff\\xfe.png")
+    assert bytes.fromhex(json.loads(prov.params[0])["source_bytes_hex"]) == raw  # the name, exactly
+    assert not (tmp_path / "k.h5.partial").exists()
+    # A rerun resumes (it failed the same way every time).
+    code, stdout, err = cli(capsys, "estimate", folder, "-o", out, *ESTIMATE_FAST)
+    assert code == 0 and "0 new kernels (1 already done), 1 in" in " ".join(err.split()), err
