@@ -194,6 +194,37 @@ def _check_finite(state: dict, path: Path) -> None:
                        hint="use an earlier checkpoint (e.g. best.safetensors), or train again with a lower --lr")
 
 
+def _check_model_size(host, meta: ModelMeta, path: Path) -> None:
+    """Before building the model the metadata describes, build it on torch's ``meta`` device
+    (no memory) and weigh it: metadata claiming ``"filters": 1000000000`` is refused with one
+    line instead of an allocator failure. A backbone that cannot be built there is not probed."""
+    import torch
+
+    from .limits import check_memory, human_bytes
+
+    try:
+        with torch.device("meta"):
+            probe = host.get("backbones", meta.backbone).create(scale=meta.scale, **meta.options)
+        need = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"{path}: backbone {meta.backbone!r} rejects the saved options {_fmt(meta.options)}: {exc}") from None
+    except RuntimeError as exc:
+        if "overflow" not in str(exc):
+            return  # not buildable on the meta device (say, .item() in __init__): the real build decides
+        raise CliError(f"{path}: the metadata describes a {meta.backbone!r} model ({_fmt(meta.options)}) too large "
+                       f"to exist (its tensor sizes overflow), but the file holds {human_bytes(path.stat().st_size)}: "
+                       "the file is damaged or its metadata is wrong") from None
+    except Exception:  # noqa: BLE001 - not buildable on the meta device: the real build decides
+        return
+    held = path.stat().st_size
+    # Weights saved in half (or 8-bit) precision take 2 (4) times less than the float32 model.
+    if need > 4 * held + (1 << 20):
+        raise CliError(f"{path}: the metadata describes a {meta.backbone!r} model ({_fmt(meta.options)}) of "
+                       f"{human_bytes(need)} of weights, but the file holds {human_bytes(held)}: the file is damaged "
+                       "or its metadata is wrong")
+    check_memory(need, f"{path}: the {meta.backbone!r} model ({_fmt(meta.options)})")
+
+
 def load_model(
     path: str | os.PathLike,
     *,
@@ -223,6 +254,7 @@ def load_model(
         known = ", ".join(host.names("backbones")) or "none installed"
         raise CliError(f"{path}: checkpoint is for backbone {meta.backbone!r}, which is not installed (installed: {known})",
                        hint=_HINT)
+    _check_model_size(host, meta, path)
     try:
         model = host.get("backbones", meta.backbone).create(scale=meta.scale, **meta.options)
     except (TypeError, ValueError) as exc:

@@ -207,3 +207,58 @@ def test_estimate_non_utf8_photo_name(capsys, tmp_path, two_photos):
     # A rerun resumes (it failed the same way every time).
     code, stdout, err = cli(capsys, "estimate", folder, "-o", out, *ESTIMATE_FAST)
     assert code == 0 and "0 new kernels (1 already done), 1 in" in " ".join(err.split()), err
+
+
+# --------------------------------------------------------------------------- 2: huge numbers
+@pytest.mark.parametrize("args", [
+    ["sr", "{photo}", "-o", "{tmp}/o.png", "--model", "bicubic", "--scale", "100000"],
+    ["estimate", "{photo}", "-o", "{tmp}/k.h5", "--scale", "100000"],
+    ["train", "--degradation", "bicubic", "--scale", "100000", "-o", "{tmp}/run"],
+], ids=["sr", "estimate", "train"])
+def test_huge_scale_is_a_usage_error(capsys, tmp_path, photo_a, args):
+    code, stdout, err = cli(capsys, *[a.format(photo=photo_a, tmp=tmp_path) for a in args], "--device", "cpu")
+    assert code == 2 and "Traceback" not in err and "--scale" in err and "16" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def photo_a(two_photos):
+    return two_photos / "a.png"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["pool", "synth", "-n", "100000000000", "-o", "{tmp}/s.h5"], "pool synth -n 100000000000"),
+    (["pool", "synth", "--size", "100001", "-o", "{tmp}/s.h5"], "--size 100001"),
+    (["gan", "sample", "{gan}", "-n", "10000000000", "-o", "{tmp}/g.h5", "--device", "cpu"], "gan sample -n 10000000000"),
+    (["gan", "train", "{gan}", "-o", "{tmp}/g.safetensors", "--batch", "100000000", "--device", "cpu"], "--batch 100000000"),
+    (["train", "--degradation", "bicubic", "--batch", "100000000", "--device", "cpu", "-o", "{tmp}/run"], "--batch 100000000"),
+], ids=["synth-n", "synth-size", "gan-sample", "gan-train", "train"])
+def test_huge_counts_say_how_much_memory(capsys, tmp_path, tiny_gan, args, needle):
+    code, stdout, err = cli(capsys, *[a.format(tmp=tmp_path, gan=tiny_gan) for a in args])
+    one_line_error(code, err, needle, "would need about", "of memory; this machine has")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("filters", [1_000_000_000, 4096])
+def test_model_metadata_claiming_a_huge_model(capsys, tmp_path, photo_a, filters):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from kmsr_cli.checkpoint import save_model
+    from kmsr_cli.plugin_host import get_host
+
+    model = get_host().get("backbones", "kmsr").create(scale=2, blocks=1, filters=8)
+    good = save_model(tmp_path / "good.safetensors", model, backbone="kmsr", scale=2)
+    with safe_open(str(good), "pt") as f:
+        header = dict(f.metadata())
+    doc = json.loads(header["kmsr"])
+    doc["options"]["filters"] = filters
+    header["kmsr"] = json.dumps(doc)
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(good)), str(bad), metadata=header)
+    out = tmp_path / "o.png"
+    code, stdout, err = cli(capsys, "sr", photo_a, "-o", out, "--model", bad, "--device", "cpu")
+    one_line_error(code, err, str(bad), f"filters={filters}", "the file holds")
+    assert not out.exists()

@@ -27,7 +27,7 @@ def _default_workers() -> int:
 def estimate(
     photos: Annotated[list[str], typer.Argument(help="Photos: files, folders (searched recursively), globs, or - for paths on stdin.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Kernel set to write (.h5). Rerunning the same command resumes.")],
-    scale: Annotated[int, typer.Option("--scale", help="SR scale: photos are bicubic-upscaled by it first (1 = the photo's own blur).", min=1)] = 2,
+    scale: Annotated[int, typer.Option("--scale", help="SR scale: photos are bicubic-upscaled by it first (1 = the photo's own blur).", min=1, max=16)] = 2,
     patch: Annotated[int, typer.Option("--patch", help="Patch side in upscaled pixels (smaller photos use the largest square that fits, down to 128).")] = 512,
     per_image: Annotated[int, typer.Option("--per-image", help="Kernels per photo at most.", min=1)] = 5,
     kernel_size: Annotated[int, typer.Option("--kernel-size", help="Kernel size K (odd).")] = 25,

@@ -93,6 +93,11 @@ def train(
         "loss": loss, "batch": batch, "critic_steps": critic_steps, "lr": lr, "gp_lambda": gp_lambda,
         "clip_value": clip_value, "augment": augment, "width_mult": width_mult, "output": output, "seed": seed,
     }
+    from ..limits import check_memory
+
+    if batch is not None:
+        # Real and generated 25x25 kernels and their gradients, float32: at least 10 kB a kernel.
+        check_memory(16.0 * batch * 25 * 25, f"gan train --batch {batch}", hint="a smaller --batch (the paper uses 32)")
     dev = _device(device)
     if out.suffix != ".safetensors":
         raise CliError(f"{out}: the checkpoint is a safetensors file; name it *.safetensors")
@@ -147,6 +152,11 @@ def sample(
     from ..gan import sample_to_set
     from ..plugin_host import get_host
 
+    from ..limits import check_memory
+
+    # 25x25 kernels, float32 on the device and float32 again when written: ~5 kB a kernel.
+    check_memory(8.0 * n * 25 * 25, f"gan sample -n {n}",
+                 hint="a smaller -n; kmsr pool merge joins sets sampled in parts (--seed)")
     dev = _device(device)
     with make_progress(json_mode=json) as progress:
         task = progress.add_task("sampling", total=n)

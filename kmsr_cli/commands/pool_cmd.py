@@ -36,7 +36,7 @@ def synth(
     ] = "gaussian",
     n: Annotated[int, typer.Option("-n", "--count", help="Number of kernels.", min=1)] = 1000,
     size: Annotated[int, typer.Option("--size", help="Kernel size K (odd); KMSR uses 25.", min=3)] = 25,
-    scale: Annotated[int, typer.Option("--scale", help="SR scale the pool is meant for (stored with the set).", min=1)] = 2,
+    scale: Annotated[int, typer.Option("--scale", help="SR scale the pool is meant for (stored with the set).", min=1, max=16)] = 2,
     option: Annotated[
         list[str] | None,
         typer.Option("--option", help="Generator option KEY=VALUE (JSON value), e.g. --option sigma_max=2.0; repeatable."),
@@ -55,6 +55,11 @@ def synth(
 
     from ..options import parse_key_values
 
+    from ..limits import check_memory
+
+    # The kernels are made in float64 and written as float32: ~12 bytes a kernel pixel.
+    check_memory(12.0 * n * size * size, f"pool synth -n {n} --size {size}",
+                 hint="a smaller -n or --size; kmsr pool merge joins sets made in parts")
     options = parse_key_values(option)
     host = get_host()
     with make_progress(json_mode=json) as progress:

@@ -75,7 +75,7 @@ def sr(
     inputs: Annotated[list[str], typer.Argument(help="Images: files, folders, globs, or - (image bytes on stdin).")],
     out: Annotated[str, typer.Option("-o", "--out", help="Output PNG for one input (PNG only: another image suffix such as .jpg is a usage error), a folder for several (NAME_xS.png, keeping the sub-folders of an input folder), or - for PNG on stdout.")],
     model: Annotated[str, typer.Option("--model", help="A .safetensors checkpoint, NAME:WEIGHTS (e.g. vdsr:vdsr.npz), bicubic, or a backbone name for kmsr's shipped model.")] = "kmsr",
-    scale: Annotated[int | None, typer.Option("--scale", help="SR scale (default: the checkpoint's, else 2).", min=1)] = None,
+    scale: Annotated[int | None, typer.Option("--scale", help="SR scale (default: the checkpoint's, else 2).", min=1, max=16)] = None,
     tile: Annotated[int, typer.Option("--tile", help="Tile size in output pixels (0 = whole image at once).", min=0)] = 512,
     tile_overlap: Annotated[int | None, typer.Option("--tile-overlap", help="Margin around each tile in network-input pixels (default: the network's receptive-field radius, which makes tiles exact).", min=0)] = None,
     device: DeviceOpt = "auto",

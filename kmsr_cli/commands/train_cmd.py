@@ -22,10 +22,10 @@ def train(
     pool: Annotated[Path | None, typer.Option("--pool", help="Kernel pool (.h5) for the pool and realistic degradations.")] = None,
     data: Annotated[list[str] | None, typer.Option("--data", help="HR images or folders (repeatable); default: scikit-image's CC0 photos.")] = None,
     val: Annotated[list[str] | None, typer.Option("--val", help="Validation HR images or folders; Y-PSNR after each epoch.")] = None,
-    scale: Annotated[int, typer.Option("--scale", help="SR scale.", min=1)] = 2,
+    scale: Annotated[int, typer.Option("--scale", help="SR scale.", min=1, max=16)] = 2,
     preset: Annotated[str, typer.Option("--preset", help="paper (L1, Adam 1e-4 halved every 10 epochs, batch 32) or release (MSE, 1e-3 x0.1 every 30, batch 16).")] = "paper",
     patch: Annotated[int | None, typer.Option("--patch", help="HR patch size (default 128).")] = None,
-    batch: Annotated[int | None, typer.Option("--batch", help="Global batch size (split over torchrun processes).")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", help="Global batch size (split over torchrun processes).", min=1)] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs.", min=1)] = 10,
     iters_per_epoch: Annotated[int, typer.Option("--iters-per-epoch", help="Steps per epoch.", min=1)] = 1000,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (preset default).")] = None,
@@ -72,6 +72,11 @@ def train(
         lr_step_epochs=lr_halve_every, loss=loss, seed=seed, device=resolve_device(device), amp=amp,
         checkpoint_every=checkpoint_every, init=init, time_budget=time_budget * 60 if time_budget is not None else None,
     ).resolve()
+    from ..limits import check_memory
+
+    # HR patches, their inputs, the outputs and the gradients: at least 4 float32 RGB copies.
+    check_memory(4 * 4 * 3 * float(cfg.batch) * cfg.patch * cfg.patch, f"train --batch {cfg.batch} --patch {cfg.patch}",
+                 hint="a smaller --batch or --patch")
     if lr_halve_every is not None:
         cfg.lr_gamma = 0.5
     rank, world, _ = dist_info()
