@@ -262,3 +262,16 @@ def test_model_metadata_claiming_a_huge_model(capsys, tmp_path, photo_a, filters
     code, stdout, err = cli(capsys, "sr", photo_a, "-o", out, "--model", bad, "--device", "cpu")
     one_line_error(code, err, str(bad), f"filters={filters}", "the file holds")
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- minor: usage errors found after parsing
+@pytest.mark.parametrize("args, option", [
+    (["estimate", "{photo}", "-o", "{tmp}/k.h5", "--shard", "3/2"], "--shard"),
+    (["estimate", "{photo}", "-o", "{tmp}/k.h5", "--patch", "0"], "--patch"),
+    (["estimate", "{photo}", "-o", "{tmp}/k.h5", "--kernel-size", "4"], "--kernel-size"),
+    (["sr", "{photo}", "-o", "{tmp}/o.png", "--model", "bicubic", "--tile", "1"], "--tile"),
+], ids=["shard", "patch", "kernel-size", "tile"])
+def test_bad_option_values_exit_2(capsys, tmp_path, photo_a, args, option):
+    code, stdout, err = cli(capsys, *[a.format(photo=photo_a, tmp=tmp_path) for a in args], "--device", "cpu")
+    assert code == 2 and "Traceback" not in err and option in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -66,10 +66,16 @@ def estimate(
 
     if append and overwrite:
         raise typer.BadParameter("give --append or --overwrite, not both", param_hint="'--append' / '--overwrite'")
+    from kmsr_ops.errors import KmsrInputError
+
     settings = Settings(scale=scale, patch=patch, per_image=per_image, kernel_size=kernel_size,
                         estimator=estimator, criterion=criterion, seed=seed, options=parse_key_values(option))
-    settings.validate()
-    shard_t = parse_shard(shard)
+    try:  # bad values of the options themselves are usage errors (exit 2), as --help promises
+        settings.validate()
+        shard_t = parse_shard(shard)
+    except KmsrInputError as exc:
+        name, _, why = str(exc).partition(": ")
+        raise typer.BadParameter(why or str(exc), param_hint=f"'--{name}'" if why else None) from None
     dev = resolve_device(device)
     photo_list = discover_photos(photos, stdin=sys.stdin if "-" in photos else None)
     host = get_host()

@@ -114,6 +114,8 @@ def sr(
         # Writing PNG bytes under a .jpg name, or quietly renaming the output, would both surprise.
         raise typer.BadParameter(f"{out}: kmsr sr writes PNG only (keeping 16-bit depth and alpha); "
                                  f"use -o {Path(out).with_suffix('.png')}", param_hint="'-o' / '--out'")
+    if tile and tile < 16:  # usage: checked before any image is read (was exit 1 per image)
+        raise typer.BadParameter(f"expected 0 (no tiling) or at least 16 pixels, found {tile}", param_hint="'--tile'")
     items = _inputs(inputs)
     if out == "-" and len(items) > 1:
         raise CliError("-o - writes one PNG to stdout; give a folder for several inputs")
