@@ -102,6 +102,22 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         sys.exit(130)
+    except SystemExit as exc:
+        # Typer turns Ctrl-C inside a command into a silent exit 130: say why the command stopped.
+        if exc.code == 130 and _caused_by_interrupt(exc):
+            err.print("[yellow]interrupted[/]")
+        raise
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 if __name__ == "__main__":  # pragma: no cover

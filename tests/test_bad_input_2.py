@@ -275,3 +275,39 @@ def test_bad_option_values_exit_2(capsys, tmp_path, photo_a, args, option):
     code, stdout, err = cli(capsys, *[a.format(photo=photo_a, tmp=tmp_path) for a in args], "--device", "cpu")
     assert code == 2 and "Traceback" not in err and option in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- minor: Ctrl-C
+def test_sigint_says_interrupted_and_exits_130(tmp_path, two_photos):
+    """A long command stopped by SIGINT (here: estimate blocked on a FIFO photo) prints
+    'interrupted' and exits 130 (Typer's own handler exited 130 silently)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import cli_env
+
+    fifo = tmp_path / "slow.png"
+    os.mkfifo(fifo)
+    out = tmp_path / "k.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "kmsr_cli", "estimate", str(fifo), "-o", str(out), *ESTIMATE_FAST],
+                            cwd=tmp_path, env=cli_env({"OMP_NUM_THREADS": "1"}), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lock = tmp_path / "k.h5.lock"
+        deadline = time.monotonic() + 60
+        while not (lock.exists() and lock.read_text().strip()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted", err
+    assert not out.exists() and not lock.exists()
