@@ -349,6 +349,26 @@ def run_training(cfg: TrainConfig, host, *, on_step: Callable[[dict], None] | No
     return result
 
 
+def _comparable(key: str, value):
+    """A saved or given --pool / --data value in a form that compares equal for the same files."""
+    def norm(p):
+        return os.path.normpath(os.path.abspath(str(p)))
+
+    if key == "pool":
+        return norm(value) if value else None
+    if key == "data":
+        return [norm(p) for p in (value or [])]
+    return value or {}
+
+
+def _shown(value) -> str:
+    if value is None or value == [] or value == {}:
+        return "(none)"
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
 def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, log) -> TrainResult:
     import torch
 
@@ -474,6 +494,13 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
             if saved_cfg.get(key) != getattr(cfg, key):
                 raise CliError(f"{state_path}: the run was started with {key}={saved_cfg.get(key)!r}, "
                                f"not {getattr(cfg, key)!r}; resume with the same settings")
+        # The data too: resuming on another pool or other images would silently change the run.
+        for key, flag in (("pool", "--pool"), ("data", "--data"), ("degradation_options", "--degradation-option")):
+            was, now = _comparable(key, saved_cfg.get(key)), _comparable(key, getattr(cfg, key))
+            if was != now:
+                raise CliError(f"{state_path}: the run was started with {flag} {_shown(saved_cfg.get(key))}, "
+                               f"not {_shown(getattr(cfg, key))}; resume with the same {flag}",
+                               hint="drop --resume and choose another -o to train on other data")
         try:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])

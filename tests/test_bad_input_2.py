@@ -311,3 +311,24 @@ def test_sigint_says_interrupted_and_exits_130(tmp_path, two_photos):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted", err
     assert not out.exists() and not lock.exists()
+
+
+# --------------------------------------------------------------------------- minor: train --resume on other data
+from test_bad_input import tiny_run  # noqa: E402,F401 - the module-scoped one-step run, as a fixture here
+
+
+def test_train_resume_refuses_other_data(capsys, tmp_path, tiny_run):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run)
+    args = list(tiny_run["args"])
+    data_at = args.index("--data") + 1
+    other = save_photo(tmp_path / "other" / "b.png", name="coffee").parent
+    before = (run / "state.pt").read_bytes()
+    code, out, err = cli(capsys, *args[:data_at], other, *args[data_at + 1:], "-o", run, "--resume")
+    one_line_error(code, err, str(run / "state.pt"), "--data", str(args[data_at]), str(other))
+    assert (run / "state.pt").read_bytes() == before
+    # The same data resumes.
+    code, out, err = cli(capsys, *args, "-o", run, "--resume")
+    assert code == 0 and "Traceback" not in err, err
