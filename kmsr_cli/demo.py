@@ -94,7 +94,7 @@ def run_demo(out: Path, *, quick: bool, device: str, seed: int, say: Callable[[s
     export_cc0(out / "photos", cfg["photos"])
     kernels = out / f"kernels_x{SCALE}.h5"
     _run(["estimate", str(out / "photos"), "-o", str(kernels), "--scale", str(SCALE), "--patch", str(cfg["patch"]),
-          "--per-image", str(cfg["per_image"]), "--seed", str(seed), *dev], say)
+          "--per-image", str(cfg["per_image"]), "--seed", str(seed), "--overwrite", *dev], say)  # never piles onto an earlier demo's
     res.outputs["photos"] = str(out / "photos")
     res.outputs["estimated kernels"] = str(kernels)
 
