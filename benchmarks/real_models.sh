@@ -5,7 +5,7 @@
 #   bash benchmarks/real_models.sh [WORK_DIR] [stage...]     stages: pool train bench (default: all)
 #
 # Stage 1-2 (pool): kernels estimated with `kmsr estimate` from 43 real photos that are in no
-# test set (9 of scikit-image's CC0 photos, the 16 real photos of RealSRSet, every 10th BSD200
+# test set (9 of scikit-image's CC0 photos, the 14 real photos of RealSRSet, every 10th BSD200
 # train image), a kernel GAN per scale, and the pool K+ = estimated + as many GAN samples.
 # Stage 3 (train): CARN-M initialised from its published MIT weights, fine-tuned on T91 + BSD200
 # (VDSR's 291 images) with the `realistic` degradation on that pool (pool blur, decimation, light
