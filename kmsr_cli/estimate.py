@@ -338,9 +338,41 @@ def _size(path: Path) -> int | None:
 _WORKER_EST = None
 
 
-def _init_worker(name: str, options: dict) -> None:
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the process that started it is gone, even after a ``kill -9``.
+
+    On Linux the kernel sends SIGKILL at once (``prctl(PR_SET_PDEATHSIG)``); everywhere a daemon
+    thread also checks once a second that the parent is still ours (an orphan is re-parented).
+    """
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError) as exc:  # no prctl: the thread below still does it
+            __import__("logging").getLogger(__name__).debug("prctl(PR_SET_PDEATHSIG) unavailable: %s", exc)
+    if os.getppid() != parent:  # the parent died before we got here
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="kmsr-parent-watch", daemon=True).start()
+
+
+def _init_worker(name: str, options: dict, parent: int | None = None) -> None:
     global _WORKER_EST
     from .plugin_host import get_host
+
+    if parent is not None:
+        _die_with_parent(parent)
 
     _WORKER_EST = get_host().get("estimators", name).create(**options)
 
@@ -543,7 +575,7 @@ def _run_estimate_locked(
         for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ.setdefault(var, "1")
         pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                      initargs=(settings.estimator, opts))
+                                      initargs=(settings.estimator, opts, os.getpid()))
     in_flight: dict[cf.Future, tuple[Unit, dict]] = {}
 
     def finish(unit: Unit, prov: dict, kernel) -> None:
