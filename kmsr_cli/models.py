@@ -6,7 +6,9 @@ A model is given as
 - ``PATH.safetensors``: a kmsr checkpoint (``kmsr train`` writes them);
 - ``NAME:PATH``: a backbone with published weights, e.g. ``srcnn:srcnn_915_x3_oihw.npz`` or
   ``vdsr:vdsr_model_epoch_50_state_dict.npz``;
-- ``NAME`` alone: the model shipped with kmsr for that backbone and scale (``kmsr``).
+- ``NAME`` alone: the model kmsr ships under that name for the scale, ``models/NAME_xS.safetensors``;
+  ``kmsr`` is the default (today a CARN-M fine-tuned on the KMSR pool: the file's metadata says
+  which backbone it holds).
 
 How a model is fed comes from its backbone's registration (:func:`backbone_convention`), the
 one thing every plugin must declare: ``input`` and ``channels`` are taken from it, never guessed.

@@ -230,10 +230,11 @@ def initialise_from(model, spec: str, *, backbone: str, scale: int, host) -> dic
     """
     import torch
 
-    from .checkpoint import read_model_meta
+    from .checkpoint import _check_finite, read_model_meta
 
     path = Path(spec)
-    if spec.endswith(".safetensors") or path.is_file():
+    named = ":" in spec and not path.is_file() and spec.split(":", 1)[0] in host.names("backbones")
+    if not named and (spec.endswith(".safetensors") or path.is_file()):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -247,7 +248,8 @@ def initialise_from(model, spec: str, *, backbone: str, scale: int, host) -> dic
             state = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise CliError(f"--init {spec}: the weights cannot be read ({exc})") from None
-        source = meta.backbone
+        _check_finite(state, path)
+        source, saved_options = meta.backbone, meta.options
     elif ":" in spec:
         name, weights = spec.split(":", 1)
         if name != backbone:
@@ -262,7 +264,8 @@ def initialise_from(model, spec: str, *, backbone: str, scale: int, host) -> dic
                            "give a kmsr checkpoint (.safetensors) instead")
         src = bb.create(scale=scale, weights=weights)  # the loader validates the file and names it
         state = src.state_dict()
-        source = name
+        _check_finite(state, Path(weights))
+        source, saved_options = name, None
     else:
         raise CliError(f"--init {spec}: expected a kmsr checkpoint (.safetensors) or NAME:WEIGHTS "
                        "(e.g. carn_m:carn_m_state_dict.npz)")
@@ -278,6 +281,15 @@ def initialise_from(model, spec: str, *, backbone: str, scale: int, host) -> dic
     if extra:
         raise CliError(f"--init {spec}: tensor {extra[0]!r} is not part of this {backbone} model "
                        f"({len(extra)} such); the weights are for another architecture or options")
+    # Options that change the forward pass without changing any tensor (variant, res_scale) must
+    # match too: the shapes alone would accept them.
+    own = getattr(model, "options", None)
+    if saved_options and isinstance(own, dict):
+        wrong = sorted(k for k, v in own.items() if k in saved_options and saved_options[k] != v)
+        if wrong:
+            k = wrong[0]
+            raise CliError(f"--init {spec}: the checkpoint was built with {k}={saved_options[k]!r}, this run has "
+                           f"{k}={own[k]!r}", hint=f"add --option {k}={saved_options[k]}")
     with torch.no_grad():
         model.load_state_dict({k: state[k].to(torch.float32) for k in expected}, strict=True)
     return {"spec": spec, "backbone": source, "tensors": len(expected)}
@@ -494,6 +506,11 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
             if saved_cfg.get(key) != getattr(cfg, key):
                 raise CliError(f"{state_path}: the run was started with {key}={saved_cfg.get(key)!r}, "
                                f"not {getattr(cfg, key)!r}; resume with the same settings")
+        # The starting weights belong to the run: a resume keeps the original --init in the metadata.
+        if cfg.init and cfg.init != saved_cfg.get("init"):
+            raise CliError(f"{state_path}: the run was started with --init {saved_cfg.get('init')!r}, not {cfg.init!r}; "
+                           "a resume continues from the checkpoint (drop --init)")
+        cfg.init = saved_cfg.get("init")
         # The data too: resuming on another pool or other images would silently change the run.
         for key, flag in (("pool", "--pool"), ("data", "--data"), ("degradation_options", "--degradation-option")):
             was, now = _comparable(key, saved_cfg.get(key)), _comparable(key, getattr(cfg, key))

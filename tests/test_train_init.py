@@ -135,3 +135,28 @@ def test_kmsr_lr_costs_scale_squared_less():
         return sum(macs[: 2 * 2])  # the residual blocks' convs
 
     assert body_macs(up, 48, 48) == 16 * body_macs(lr, 12, 12)
+
+
+def test_init_with_another_variant_is_refused(tmp_path):
+    """'edsr' and 'release' have the same tensors but different forward passes: shapes alone would pass."""
+    _, path = _saved(tmp_path, variant="release")
+    with pytest.raises(CliError, match=r"built with variant='release', this run has variant='edsr'"):
+        run_training(_cfg(tmp_path / "run", init=str(path)), get_host())
+
+
+def test_init_with_nan_weights_is_refused(tmp_path):
+    model, _ = _saved(tmp_path)
+    with torch.no_grad():
+        model.head.weight[0, 0, 0, 0] = float("nan")
+    path = save_model(tmp_path / "nan.safetensors", model, backbone="kmsr")
+    with pytest.raises(CliError, match="nan.safetensors"):
+        run_training(_cfg(tmp_path / "run", init=str(path)), get_host())
+
+
+def test_resume_keeps_the_original_init(tmp_path):
+    _, path = _saved(tmp_path)
+    run_training(_cfg(tmp_path / "run", init=str(path), epochs=2, max_steps=2), get_host())
+    run_training(_cfg(tmp_path / "run", epochs=2), get_host(), resume=True)
+    assert read_model_meta(tmp_path / "run" / "model.safetensors").extra["init"] == str(path)
+    with pytest.raises(CliError, match="started with --init"):
+        run_training(_cfg(tmp_path / "run", epochs=3, init=str(tmp_path / "other.safetensors")), get_host(), resume=True)

@@ -149,6 +149,9 @@ def load_carn_m_weights(path: str | os.PathLike, *, scale: int | None = None, mu
     arrays = read_npz(path, what)
     expected = _carn_m_expected()
     _check_arrays(path, arrays, expected, what)
+    extra = sorted(set(arrays) - set(expected))
+    if extra:
+        raise KmsrInputError(f"{path}: unexpected array {extra[0]!r} ({len(extra)} such) in {what}")
     scale = scale if scale is not None else (scale_from_name(path) or 4)
     model = CARNM(scale, multi_scale=multi_scale)
     keys = model.state_dict().keys()
