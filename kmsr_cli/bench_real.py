@@ -117,6 +117,13 @@ def _unmatched(folder: Path, have: Path, want: str, count: int) -> CliError:
     return CliError(f"{folder}: {have.relative_to(folder)} has no partner {want}{more}")
 
 
+def strip_file_names(names: list[str]) -> dict[str, str]:
+    """``NAME.png`` for each pair's strip: the name's stem, or the whole name (``a.jpg.png``) when two
+    pairs share a stem (``a.png`` and ``a.jpg``), so no strip overwrites another."""
+    stems = [Path(n).stem for n in names]
+    return {n: (f"{st}.png" if stems.count(st) == 1 else f"{Path(n).name}.png") for n, st in zip(names, stems)}
+
+
 def find_pairs(folder: Path, scale: int, name: str | None = None) -> PairSet:
     """The pairs in ``folder`` (either layout, see the module docstring), sorted by name."""
     if not folder.exists():
@@ -237,6 +244,7 @@ def run_real(
     results: list[dict] = []
     for ps in pair_sets:
         set_results: list[dict] = []
+        strip_names = strip_file_names([p.name for p in ps.pairs])
         for pair in ps.pairs:
             hr, lr = pair.hr_pixels, pair.lr_pixels
             outputs = []
@@ -255,7 +263,7 @@ def run_real(
                     out, p, _ = score_model(reference, lr, hr, pair.hr_bits, device=device, tile=tile)
                     bicubic, others = ("bicubic", out, p), outputs
                 strip = comparison_strip(pair, scale, bicubic, others, crop=crop)
-                write_strip(save / ps.name / f"{Path(pair.name).stem}.png", strip)
+                write_strip(save / ps.name / strip_names[pair.name], strip)
         results.extend(set_results)
         if on_set:
             on_set(scale, ps, summarise(set_results))

@@ -309,3 +309,11 @@ def test_realsr_canon_published_figures(realsr, shared_data):
     assert mean["bicubic"]["psnr"] == pytest.approx(27.21, abs=0.02)
     assert mean["srcnn"]["psnr"] == pytest.approx(27.64, abs=0.03)
     assert time.perf_counter() - t0 < 300  # about 25 s on one busy core
+
+
+def test_strip_names_never_collide():
+    from kmsr_cli.bench_real import strip_file_names
+
+    names = strip_file_names(["a.png", "a.jpg", "b.png", "Canon_001"])
+    assert names == {"a.png": "a.png.png", "a.jpg": "a.jpg.png", "b.png": "b.png", "Canon_001": "Canon_001.png"}
+    assert len(set(names.values())) == 4
