@@ -53,6 +53,21 @@ def cli_env(extra: dict[str, str] | None = None, *, plugin_site: str | os.PathLi
     return env
 
 
+def cli_in_process(capsys, *args) -> tuple[int, str, str]:
+    """``kmsr ARGS`` in this process, through the console entry point (``kmsr_cli.app.main``), so an
+    escaped exception fails the test with its traceback: (exit code, stdout, stderr)."""
+    from kmsr_cli.app import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def run_cli(
     *args: str | os.PathLike,
     cwd: str | os.PathLike,

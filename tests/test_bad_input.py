@@ -8,6 +8,8 @@ crops of scikit-image photos, one-block models, one training step.
 
 from __future__ import annotations
 
+from conftest import cli_in_process
+
 import numpy as np
 import pytest
 
@@ -22,16 +24,7 @@ def _no_debug(monkeypatch):
 
 def cli(capsys, *args):
     """``kmsr ARGS`` in this process: (exit code, stdout, stderr)."""
-    from kmsr_cli.app import main
-
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return cli_in_process(capsys, *args)
 
 
 def one_line_error(code, err, *needles):

@@ -3,6 +3,8 @@ formats, the comparison strips, a bicubic oracle, and the published RealSR x4 Ca
 
 from __future__ import annotations
 
+from conftest import cli_in_process
+
 import csv
 import io
 import json
@@ -80,17 +82,8 @@ def files(tmp_path_factory):
 
 
 def cli(capsys, *args):
-    """``kmsr ARGS`` in this process, through the console entry point: (exit code, stdout, stderr)."""
-    from kmsr_cli.app import main
-
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
+    """``kmsr ARGS`` in this process: (exit code, stdout, stderr)."""
+    return cli_in_process(capsys, *args)
 
 
 # --------------------------------------------------------------------------- layouts
