@@ -63,6 +63,9 @@ def _register_commands() -> None:
     app.add_typer(gan_cmd.app, name="gan")
     app.command("train")(train_cmd.train)
     app.command("sr")(sr_cmd.sr)
+    from .commands import adapt_cmd
+
+    app.command("adapt")(adapt_cmd.adapt)
     from .commands import bench_cmd
 
     app.add_typer(bench_cmd.app, name="bench")

@@ -1,0 +1,169 @@
+"""``kmsr adapt``: kernels, pool rule, noise, fine-tuning, model metadata, report, resume.
+
+Oracles: the dihedral pool is checked against numpy's own rotations and flips of the estimated
+kernels; the pool rule's GAN check against analytic Gaussian kernels of known widths; the noise
+level against Gaussian noise of a known sigma added to a nearly noise-free photo.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+
+from kmsr_cli import adapt as adapt_mod
+from kmsr_cli.kernelset import KernelSet
+
+from conftest import cli_in_process
+
+SCALE = 2
+
+
+def gaussian(k: int, sx: float, sy: float) -> np.ndarray:
+    r = np.arange(k) - (k - 1) / 2
+    g = np.exp(-r[None, :] ** 2 / (2 * sx * sx) - r[:, None] ** 2 / (2 * sy * sy))
+    return g / g.sum()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Two real CC0 photos, area-downscaled x2 (nearly noise free), then noise of sigma 3/255 added."""
+    from kmsr_cli.sample_data import load_cc0
+    from kmsr_ops.image_io import write_png
+
+    d = tmp_path_factory.mktemp("camera")
+    rng = np.random.default_rng(7)
+    for name in ("camera", "coffee"):
+        a = load_cc0(name).astype(np.float64) / 255
+        if a.ndim == 2:
+            a = np.repeat(a[..., None], 3, axis=2)
+        h, w = (a.shape[0] // 2) * 2, (a.shape[1] // 2) * 2
+        a = a[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
+        a = np.clip(a + rng.normal(0, 3 / 255, a.shape), 0, 1)
+        write_png(d / f"{name}.png", np.rint(a * 255).astype(np.uint8))
+    return d
+
+
+ARGS = ("--scale", str(SCALE), "--patch", "128", "--per-image", "1", "--batch", "2", "--train-patch", "32",
+        "--minutes", "5", "--device", "cpu")
+
+
+def run(capsys, photos, out, *extra):
+    return cli_in_process(capsys, "adapt", str(photos), "-o", str(out), *ARGS, *extra)
+
+
+def test_end_to_end_then_resume(capsys, photos, tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "cam_x2.safetensors"
+    code, stdout, stderr = run(capsys, photos, out, "--steps", "2", "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    work = out.with_name(out.name + ".adapt")
+    assert out.is_file() and doc["model"] == str(out)
+    # ordinary artefacts: a kernel set, a pool, a run folder
+    with KernelSet(work / "kernels.h5") as ks:
+        est = ks.kernels()
+    with KernelSet(work / "pool.h5") as ps:
+        pool = ps.kernels()
+        assert ps.scale == SCALE
+    n = len(est)
+    assert n == 2 and doc["kernels"] == n
+    assert doc["pool"]["rule"] == "dihedral" and len(pool) == 8 * n
+    expected = [np.rot90(np.flip(est, 2) if f else est, t, axes=(1, 2)) for f in (0, 1) for t in range(4)]
+    np.testing.assert_array_equal(pool, np.concatenate(expected))
+    assert (work / "run" / "state.pt").is_file()
+    # metadata
+    with safe_open(str(out), "pt") as f:
+        meta = json.loads(f.metadata()["kmsr"])
+    a = meta["extra"]["adapt"]
+    assert a["kernels_estimated"] == n and a["train_steps"] == 2 and a["photos"] == 2
+    assert a["base"].endswith("kmsr_x2.safetensors") and len(a["base_sha256"]) == 64
+    assert a["degradation_options"]["jpeg_prob"] == 0.0  # PNG photos
+    lo, hi = a["degradation_options"]["noise_min"], a["degradation_options"]["noise_max"]
+    assert lo <= hi and 1.5 / 255 < a["noise"]["sigma_median"] < 5 / 255  # 3/255 added to a nearly clean photo
+    # report: every embedded image decodes
+    html = (out.with_name(out.name + ".report") / "index.html").read_text()
+    from PIL import Image
+
+    imgs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    assert len(imgs) == 3  # kernels + one crop per photo
+    sizes = [Image.open(io.BytesIO(base64.b64decode(b))).size for b in imgs]
+    assert sizes[1] == (3 * 64 * SCALE + 2 * 6, 64 * SCALE)  # LR nearest | base | adapted
+    # the other commands read what adapt made
+    code, stdout, stderr = cli_in_process(capsys, "pool", "show", str(work / "pool.h5"), "--json")
+    assert code == 0 and json.loads(stdout)["count"] == 8 * n
+    lr = photos / "camera.png"
+    code, _, stderr = cli_in_process(capsys, "sr", str(lr), "-o", str(tmp_path / "sr.png"), "--model", str(out), "--device", "cpu")
+    assert code == 0, stderr
+    # rerun with a larger step count: nothing re-estimated, training continues from step 2
+    mtime = (work / "kernels.h5").stat().st_mtime_ns
+    code, stdout, stderr = run(capsys, photos, out, "--steps", "3", "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["train"]["steps"] == 3
+    assert "resumed at step 2" in stderr
+    assert (work / "kernels.h5").stat().st_mtime_ns == mtime
+    # and with the same count, training is not repeated
+    code, stdout, stderr = run(capsys, photos, out, "--steps", "3", "--json")
+    assert code == 0 and json.loads(stdout)["train"]["steps"] == 3
+
+
+def test_gan_check_against_known_widths():
+    rng = np.random.default_rng(0)
+    widths = rng.uniform(1.0, 2.5, 60)
+    est = np.stack([gaussian(25, w, w * rng.uniform(0.8, 1.2)) for w in widths])
+    same = np.stack([gaussian(25, w, w) for w in rng.uniform(1.0, 2.5, 60)])
+    wider = np.stack([gaussian(25, 1.5 * w, 1.5 * w) for w in rng.uniform(1.0, 2.5, 60)])
+    collapsed = np.stack([gaussian(25, 1.75, 1.75)] * 60)
+    assert adapt_mod.gan_check(est, same)["passed"]
+    w = adapt_mod.gan_check(est, wider)
+    assert not w["passed"] and "drift" in w["reason"]
+    assert w["width_median_generated"] == pytest.approx(1.5 * w["width_median_estimated"], rel=0.15)
+    c = adapt_mod.gan_check(est, collapsed)
+    assert not c["passed"] and "spread" in c["reason"]
+
+
+def test_untrained_gan_is_checked_and_replaced(capsys, photos, tmp_path, monkeypatch):
+    """With the GAN threshold lowered, a 2-iteration GAN runs, fails the check, and the pool falls back."""
+    monkeypatch.setattr(adapt_mod, "GAN_MIN_KERNELS", 2)
+    out = tmp_path / "cam_x2.safetensors"
+    code, stdout, stderr = run(capsys, photos, out, "--steps", "1", "--gan-iters", "2", "--json")
+    assert code == 0, stderr
+    pool = json.loads(stdout)["pool"]
+    assert "gan_check" in pool and (out.with_name(out.name + ".adapt") / "gan.safetensors").is_file()
+    if pool["gan_check"]["passed"]:
+        assert pool["rule"] == "gan" and pool["kernels"] == 4
+    else:
+        assert pool["rule"] == "dihedral (GAN rejected)" and "do not match" in stderr
+
+
+@pytest.mark.parametrize("extra, match", [
+    (("-o", "model.pt"), "expected a .safetensors model path"),
+    (("--base", "nope.safetensors"), "no such model file"),
+])
+def test_bad_arguments(capsys, photos, tmp_path, extra, match):
+    args = ["adapt", str(photos), "-o", str(tmp_path / "m.safetensors"), *ARGS, *extra]
+    code, _, stderr = cli_in_process(capsys, *args)
+    assert code == 1 and match in stderr
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_base_of_another_scale(capsys, photos, tmp_path):
+    from kmsr_cli.models import shipped_model_path
+
+    code, _, stderr = cli_in_process(capsys, "adapt", str(photos), "-o", str(tmp_path / "m.safetensors"), *ARGS,
+                                     "--base", str(shipped_model_path("kmsr", 4)))
+    assert code == 1 and "the model is x4, but --scale is 2" in stderr
+
+
+def test_work_folder_of_other_photos_is_refused(capsys, photos, tmp_path):
+    out = tmp_path / "m.safetensors"
+    work = out.with_name(out.name + ".adapt")
+    work.mkdir()
+    (work / "progress.json").write_text(json.dumps({"photos_sha256": "0" * 64, "base": "x"}))
+    code, _, stderr = cli_in_process(capsys, "adapt", str(photos), "-o", str(out), *ARGS)
+    assert code == 1 and "was made from other photos" in stderr
