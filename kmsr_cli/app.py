@@ -1,6 +1,6 @@
 """The ``kmsr`` command: a Typer app whose commands live one per module in ``kmsr_cli.commands``.
 
-Conventions (ARCHITECTURE.md): data on stdout, logs and progress on stderr; exit code 0 on
+Conventions: data on stdout, logs and progress on stderr; exit code 0 on
 success, 2 on a usage error, 1 on a failure the message explains. User errors print one line
 (and a hint); ``--debug`` (or KMSR_DEBUG=1) shows the traceback instead.
 """

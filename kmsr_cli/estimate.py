@@ -24,7 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -679,7 +679,3 @@ def _run_estimate_locked(
     summary.seconds = round(time.perf_counter() - t0, 3)
     return summary
 
-
-def iter_lines(stream) -> Iterator[str]:
-    for line in stream:
-        yield line.rstrip("\n")

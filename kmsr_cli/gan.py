@@ -6,7 +6,7 @@ this module holds the training loop, which is architecture-agnostic: it needs an
 ``generator`` and ``critic`` modules, ``latent_dim``, ``kernel_size``, ``critic_input_scale``,
 ``architecture()``, ``state_tensors()``, ``load_state_tensors()`` and ``draw()``.
 
-Losses (KMSR.md, stage 2):
+Losses (the paper's stage 2, kernel modelling):
 
 - ``gp`` (default, the paper): WGAN-GP, critic loss ``D(fake) - D(real) + lambda * GP`` with
   ``GP = mean((||grad D(x_hat)|| - 1)^2)`` at random interpolates, lambda = 10, Adam 1e-4,

@@ -35,7 +35,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -384,7 +384,3 @@ def _run_channels(model: SRModel, run: _Runner, rgb: np.ndarray, scale: int) -> 
     merged = np.concatenate([y_out[..., None], chroma], axis=2)
     return np.clip(ycbcr2rgb(merged), 0, 1).transpose(2, 0, 1)
 
-
-def iter_batches(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

@@ -535,8 +535,9 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
 
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps({**asdict(cfg), "train_images": names, "val_images": val_names,
-                                                         "world_size": world, "pool_fingerprint": pool_fp}, indent=2))
+        config_text = json.dumps({**asdict(cfg), "train_images": names, "val_images": val_names,
+                                  "world_size": world, "pool_fingerprint": pool_fp}, indent=2)
+        replace_atomically(run_dir / "config.json", lambda tmp: Path(tmp).write_text(config_text))
 
     init_sha = None
     if cfg.init:

@@ -6,7 +6,7 @@ weighted sum of input pixels with the Keys cubic (a = -0.5) stretched by the sca
 pixel's centre, which falls at input coordinate ``s * i + (s - 1) / 2`` (0-based). Away from
 the image border this is a blur with the separable kernel ``outer(h, h)`` followed by
 decimation, so ``outer(h, h)`` is the bicubic kernel in the same HR-pixel units as KMSR's
-kernels (KMSR.md, "Imaging model").
+kernels (the paper's imaging model, Eq. 1).
 
 :func:`bicubic_kernel` samples it on a (size, size) grid about the grid's centre
 ``(size - 1) / 2``: an odd size centres it on a pixel (the convention of the kernel pools,

@@ -45,11 +45,6 @@ def pixel_shuffle(iv: Interval, s: int) -> Interval:
     return iv[0] * s, iv[1] * s + s - 1
 
 
-def same_size_width(iv: Interval) -> int:
-    """Receptive-field width of a same-size network whose impulse reaches ``iv``."""
-    return 2 * max(-iv[0], iv[1]) + 1
-
-
 def lr_width(hr_iv: Interval, scale: int) -> int:
     """Width in LR pixels, for a network whose LR impulse reaches ``hr_iv`` on the HR grid.
 

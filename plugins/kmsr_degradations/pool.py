@@ -2,7 +2,7 @@
 
 Per sample, a kernel is drawn uniformly from the pool on every call and convolved with the HR
 patch at HR size (``kmsr_ops.blur``: one batched call, no loop over samples). The same kernel
-blurs the three RGB channels of a sample: KMSR.md's "per sample, per RGB channel" is read as the
+blurs the three RGB channels of a sample: blurring "per sample, per RGB channel" is read as the
 2-D kernel being applied to each channel, which is what a physical blur does and what kernels
 estimated on greyscale photos describe; ``per_channel=True`` draws an independent kernel for each
 channel instead. Borders are reflected by default (the release zero-padded, darkening edges;
