@@ -303,8 +303,18 @@ def run_adapt(photos: list[Path], out: Path, settings: AdaptSettings, *, host, s
     kernels = work / "kernels.h5"
     say(f"[1/5] blur kernels from {len(photos)} photos (x{s.scale}, {s.per_image} patches each) -> {kernels}")
     est_settings = Settings(scale=s.scale, patch=s.patch, per_image=s.per_image, seed=s.seed)
-    summary = run_estimate(host, photos, kernels, est_settings, device=s.device, warn=warn,
-                           progress=lambda event, **info: say(f"  {info.get('photo')}") if event == "photo" else None)
+    counts = {"planned": 0, "done": 0, "photos": 0}
+
+    def on_progress(event: str, n: int = 0) -> None:
+        if event == "planned":
+            counts["planned"] += n
+        elif event == "photo":
+            counts["photos"] += 1
+        elif event == "kernel":
+            counts["done"] += 1
+            say(f"  kernel {counts['done']} of {counts['planned']} planned ({counts['photos']} of {len(photos)} photos read)")
+
+    summary = run_estimate(host, photos, kernels, est_settings, device=s.device, warn=warn, progress=on_progress)
     if summary.kernels_total == 0:
         why, hint = summary.why_nothing()
         raise CliError(f"no kernel could be estimated: {why}", hint=hint)
