@@ -445,7 +445,15 @@ def train_gan(
         save_training(trainer, data, out, kmsr_meta=kmsr_meta)
         checkpoints += 1
     done = trainer.iteration - start
+    from .pool import width_check
+
+    sampled, _, _, _ = sample_from_checkpoint(host, out, len(data.kernels), seed=train_settings.seed,
+                                              device=str(trainer.device), generator=backend.name)
+    check = width_check(data.kernels, sampled)
+    if not check["passed"]:
+        log(f"warning: the generator's kernels do not look like its training kernels: {check['reason']}")
     return {
+        "sample_check": check,
         "path": str(out),
         "state": str(state_path_for(out)),
         "iterations": trainer.iteration,

@@ -105,6 +105,32 @@ def compare_sets(kernels: np.ndarray, other: np.ndarray) -> dict:
     return out
 
 
+WIDTH_TOLERANCE = 0.2
+
+
+def width_check(reference: np.ndarray, candidate: np.ndarray, *, tolerance: float = WIDTH_TOLERANCE) -> dict:
+    """Do ``candidate`` kernels (a GAN's samples) look like ``reference`` (its training kernels)?
+
+    Passed when the median effective width is within ``tolerance`` of the reference's (a GAN that
+    drifted wider or narrower fails) and the interquartile range of the widths is at least half
+    the reference's (a GAN collapsed onto a few kernels fails). Cheaper and easier to read than
+    the MMD, and it names what went wrong.
+    """
+    we, wg = kernel_statistics(reference)["width"], kernel_statistics(candidate)["width"]
+    med_e, med_g = float(np.median(we)), float(np.median(wg))
+    iqr_e = float(np.subtract(*np.percentile(we, [75, 25])))
+    iqr_g = float(np.subtract(*np.percentile(wg, [75, 25])))
+    drift = abs(med_g - med_e) / med_e
+    if drift > tolerance:
+        reason = f"generated median width {med_g:.2f} vs {med_e:.2f} for the training kernels (drift {drift:.0%})"
+    elif iqr_g < 0.5 * iqr_e:
+        reason = f"generated width spread {iqr_g:.2f} < half of the training kernels' {iqr_e:.2f} (collapse)"
+    else:
+        reason = ""
+    return {"passed": not reason, "width_median_estimated": med_e, "width_median_generated": med_g,
+            "width_iqr_estimated": iqr_e, "width_iqr_generated": iqr_g, "reason": reason}
+
+
 def describe_pool(path: str | os.PathLike, *, against: str | os.PathLike | None = None) -> dict:
     """Everything ``kmsr pool show`` reports, as one JSON-friendly document.
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from kmsr_cli import adapt as adapt_mod
+from kmsr_cli.pool import width_check
 from kmsr_cli.kernelset import KernelSet
 
 from conftest import cli_in_process
@@ -112,18 +113,18 @@ def test_end_to_end_then_resume(capsys, photos, tmp_path):
     assert code == 0 and json.loads(stdout)["train"]["steps"] == 3
 
 
-def test_gan_check_against_known_widths():
+def test_width_check_against_known_widths():
     rng = np.random.default_rng(0)
     widths = rng.uniform(1.0, 2.5, 60)
     est = np.stack([gaussian(25, w, w * rng.uniform(0.8, 1.2)) for w in widths])
     same = np.stack([gaussian(25, w, w) for w in rng.uniform(1.0, 2.5, 60)])
     wider = np.stack([gaussian(25, 1.5 * w, 1.5 * w) for w in rng.uniform(1.0, 2.5, 60)])
     collapsed = np.stack([gaussian(25, 1.75, 1.75)] * 60)
-    assert adapt_mod.gan_check(est, same)["passed"]
-    w = adapt_mod.gan_check(est, wider)
+    assert width_check(est, same)["passed"]
+    w = width_check(est, wider)
     assert not w["passed"] and "drift" in w["reason"]
     assert w["width_median_generated"] == pytest.approx(1.5 * w["width_median_estimated"], rel=0.15)
-    c = adapt_mod.gan_check(est, collapsed)
+    c = width_check(est, collapsed)
     assert not c["passed"] and "spread" in c["reason"]
 
 

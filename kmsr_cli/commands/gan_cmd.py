@@ -129,6 +129,10 @@ def train(
         f"trained {summary['iterations'] - summary['start_iteration']} iterations ({summary['iterations']} in all) on "
         f"{summary['training_kernels']} kernels: critic loss {summary['critic_loss']}, Wasserstein estimate {summary['wasserstein']}"
     ), highlight=False)
+    c = summary["sample_check"]
+    err.print(f"samples: median width {c['width_median_generated']:.2f} vs {c['width_median_estimated']:.2f} for the "
+              f"training kernels, spread {c['width_iqr_generated']:.2f} vs {c['width_iqr_estimated']:.2f}: "
+              f"{'like the training kernels' if c['passed'] else 'NOT like them (' + escape(c['reason']) + ')'}", highlight=False)
     sys.stdout.write(f"{summary['path']}\n")
 
 
