@@ -66,6 +66,9 @@ def _register_commands() -> None:
     from .commands import adapt_cmd
 
     app.command("adapt")(adapt_cmd.adapt)
+    from .commands import export_cmd
+
+    app.command("export")(export_cmd.export)
     from .commands import bench_cmd
 
     app.add_typer(bench_cmd.app, name="bench")

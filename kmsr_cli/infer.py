@@ -37,6 +37,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -169,28 +170,97 @@ class _Runner:
             return y.float().cpu().numpy()
 
 
+def export_onnx_bytes(module, channels: int, side: int = _PROBE_SIDE) -> bytes:
+    """``module`` as an ONNX graph (opset 17) with input ``x`` (N, C, H, W) and output ``y``; N, H
+    and W are left free. Traced on a zero input of ``side`` x ``side`` pixels."""
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter needs only ``onnx`` (the dynamo one also needs onnxscript).
+        # Its deprecation notice and tracer/constant-folding remarks are not for the user:
+        # the exported network is checked against eager before it is used.
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(module, torch.zeros(1, channels, side, side), buf, dynamo=False,
+                              input_names=["x"], output_names=["y"], opset_version=17,
+                              dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n", 2: "oh", 3: "ow"}})
+    return buf.getvalue()
+
+
+def onnx_cache_dir() -> Path:
+    """Where exported graphs are kept: ``$KMSR_CACHE_DIR/onnx``, else ``$XDG_CACHE_HOME/kmsr/onnx``
+    (``~/.cache/kmsr/onnx``)."""
+    root = os.environ.get("KMSR_CACHE_DIR")
+    if root:
+        return Path(root) / "onnx"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kmsr" / "onnx"
+
+
+def _cached_graph(key: str | None, export: Callable[[], bytes], *, refresh: bool = False) -> tuple[bytes, bool]:
+    """(graph, came from the cache): the graph cached under ``key``, or a fresh export (then cached;
+    ``refresh`` exports even when a cached one exists). The key covers the weights
+    and the eager output on the probe, so a graph is never reused for another network; a graph
+    read back is still checked against eager like a fresh one. A cache that cannot be read or
+    written costs an export, with a log line, never a failure."""
+    if key is None:
+        return export(), False
+    path = onnx_cache_dir() / f"{key}.onnx"
+    if not refresh:
+        try:
+            return path.read_bytes(), True
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.info("ONNX cache %s unreadable (%s); exporting again", path, exc)
+    graph = export()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from .atomic import replace_atomically
+
+        replace_atomically(path, lambda tmp: Path(tmp).write_bytes(graph))
+    except OSError as exc:
+        log.info("ONNX cache %s not written (%s)", path, exc)
+    return graph, False
+
+
+def _graph_key(module, cin: int, side: int, probe_out: np.ndarray) -> str:
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256(f"{torch.__version__}|{type(module).__module__}.{type(module).__qualname__}|{cin}|{side}".encode())
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(np.ascontiguousarray(probe_out).tobytes())
+    return h.hexdigest()
+
+
 class _OrtRunner:
     """The network exported to ONNX (height and width left free) and run by ONNX Runtime."""
 
-    def __init__(self, module, channels: int, side: int = _PROBE_SIDE):
+    def __init__(self, module, channels: int, side: int = _PROBE_SIDE, cache_key: str | None = None):
         import onnxruntime as ort
         import torch
 
-        buf = io.BytesIO()
-        with warnings.catch_warnings():
-            # The TorchScript exporter needs only ``onnx`` (the dynamo one also needs onnxscript).
-            # Its deprecation notice and tracer/constant-folding remarks are not for the user:
-            # the exported network is checked against eager before it is used.
-            warnings.simplefilter("ignore")
-            with torch.no_grad():
-                torch.onnx.export(module, torch.zeros(1, channels, side, side), buf, dynamo=False,
-                                  input_names=["x"], output_names=["y"], opset_version=17,
-                                  dynamic_axes={"x": {2: "h", 3: "w"}, "y": {2: "oh", 3: "ow"}})
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = torch.get_num_threads()  # honour OMP_NUM_THREADS / torch's setting
         so.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+
+        def export() -> bytes:
+            return export_onnx_bytes(module, channels, side)
+
+        graph, cached = _cached_graph(cache_key, export)
+        try:
+            self.session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - a damaged cached graph: export again and replace it
+            if not cached:
+                raise
+            log.info("cached ONNX graph unusable (%s); exporting again", type(exc).__name__)
+            graph, _ = _cached_graph(cache_key, export, refresh=True)
+            self.session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"x": x})[0]
@@ -240,7 +310,8 @@ def _fast_cpu_runner(model: SRModel, module):
     runner, name, skipped = None, "eager", []
     for cand, build in FAST_BACKENDS.items():
         try:
-            r = build(module, cin) if side == _PROBE_SIDE else build(module, cin, side)
+            kw = {"cache_key": _graph_key(module, cin, side, want)} if cand == "onnxruntime" else {}
+            r = build(module, cin, side, **kw)
             got = np.asarray(r(probe))
         except ImportError as exc:
             what = "is not installed" if exc.name in (None, cand) else f"needs {exc.name}, which is not installed"

@@ -39,6 +39,18 @@ EXAMPLE_BACKBONE_SRC = FIXTURES / "kmsr-example-backbone"
 _CLEAN_ENV_VARS = ("KMSR_DEBUG", "KMSR_PLUGINS", "KMSR_DISABLE_PLUGINS", "FORCE_COLOR", "CLICOLOR_FORCE", "PYTHONSTARTUP")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """The tests' exported ONNX graphs go to a temporary cache, not the user's ~/.cache/kmsr."""
+    old = os.environ.get("KMSR_CACHE_DIR")
+    os.environ["KMSR_CACHE_DIR"] = str(tmp_path_factory.mktemp("kmsr-cache"))
+    yield
+    if old is None:
+        os.environ.pop("KMSR_CACHE_DIR", None)
+    else:
+        os.environ["KMSR_CACHE_DIR"] = old
+
+
 def cli_env(extra: dict[str, str] | None = None, *, plugin_site: str | os.PathLike | None = None) -> dict[str, str]:
     """A copy of os.environ for running the CLI: KMSR_* switches removed, wide and colourless
     output, ``plugin_site`` prepended to PYTHONPATH; ``extra`` applied last."""

@@ -110,7 +110,7 @@ def test_fast_off_by_flag_and_environment(monkeypatch):
 
 
 def test_missing_runtime_falls_back_with_a_log_line(monkeypatch, records):
-    def not_installed(module, channels):
+    def not_installed(module, channels, *rest, **kw):
         raise ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
 
     monkeypatch.setitem(FAST_BACKENDS, "onnxruntime", not_installed)
@@ -122,13 +122,13 @@ def test_missing_runtime_falls_back_with_a_log_line(monkeypatch, records):
 
 def test_wrong_fast_path_is_rejected_and_eager_runs(monkeypatch, records):
     class Off:
-        def __init__(self, module, channels):
+        def __init__(self, module, channels, *rest, **kw):
             pass
 
         def __call__(self, x):
             return np.zeros_like(x)  # wrong output
 
-    def broken(module, channels):
+    def broken(module, channels, *rest, **kw):
         raise RuntimeError("export failed")
 
     monkeypatch.setattr(infer, "FAST_BACKENDS", {"onnxruntime": broken, "channels_last": Off})
@@ -151,3 +151,33 @@ def test_cached_runner_follows_changed_weights():
     fast = super_resolve(model, img, tile=0, bit_depth=16)
     eager = super_resolve(model, img, tile=0, bit_depth=16, fast=False)
     assert np.abs(fast.astype(int) - eager.astype(int)).max() <= 7
+
+
+def test_onnx_graph_cached_by_network(tmp_path, monkeypatch):
+    """The exported graph is reused by a later process (here: a fresh SRModel) for the same
+    network, never for another one; a damaged cache file is replaced."""
+    pytest.importorskip("onnxruntime", reason="the ONNX Runtime path needs onnxruntime (pip install 'kmsr[fast]')")
+    import kmsr_cli.infer as infer
+
+    monkeypatch.setenv("KMSR_CACHE_DIR", str(tmp_path))
+    img = _image(24, 20, seed=5)
+    eager = super_resolve(_kmsr(seed=6), img, fast=False)
+    assert inference_backend(_kmsr(seed=6), fast=True) == "onnxruntime"
+    files = list((tmp_path / "onnx").glob("*.onnx"))
+    assert len(files) == 1
+    real_export = infer.export_onnx_bytes
+    calls = []
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real_export(*a, **k)
+
+    monkeypatch.setattr(infer, "export_onnx_bytes", counting)
+    model = _kmsr(seed=6)
+    assert inference_backend(model, fast=True) == "onnxruntime" and not calls  # read back, not exported
+    np.testing.assert_array_equal(super_resolve(model, img, fast=True), eager)
+    assert inference_backend(_kmsr(seed=7), fast=True) == "onnxruntime" and len(calls) == 1  # other weights
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 2
+    files[0].write_bytes(b"not an onnx graph")
+    assert inference_backend(_kmsr(seed=6), fast=True) == "onnxruntime" and len(calls) == 2
+    assert files[0].read_bytes() != b"not an onnx graph"
