@@ -381,6 +381,67 @@ def _worker_estimate(patch: np.ndarray, kernel_size: int, seed: int) -> np.ndarr
     return np.asarray(_WORKER_EST.estimate(patch, kernel_size=kernel_size, rng=np.random.default_rng(seed)))
 
 
+_DASK_EST: dict = {}
+
+
+def _dask_estimate(name: str, options_json: str, patch: np.ndarray, kernel_size: int, seed: int) -> np.ndarray:
+    """One patch on a Dask worker: the estimator is built once per worker process and kept."""
+    est = _DASK_EST.get((name, options_json))
+    if est is None:
+        from .plugin_host import get_host
+
+        est = _DASK_EST[(name, options_json)] = get_host().get("estimators", name).create(**json.loads(options_json))
+    return np.asarray(est.estimate(patch, kernel_size=kernel_size, rng=np.random.default_rng(seed)))
+
+
+def parse_dask(spec: str) -> tuple[str, int | str]:
+    """``local:N`` (a LocalCluster of N worker processes) or a scheduler address (``tcp://host:8786``)."""
+    if spec.startswith("local:"):
+        n = spec.split(":", 1)[1]
+        if not n.isdigit() or int(n) < 1:
+            raise KmsrInputError(f"--dask {spec}: expected local:N with N >= 1 worker processes")
+        return "local", int(n)
+    if "://" not in spec and ":" not in spec:
+        raise KmsrInputError(f"--dask {spec}: expected local:N or a scheduler address such as tcp://host:8786")
+    return "address", spec
+
+
+class DaskPool:
+    """A ``concurrent.futures`` executor over a Dask cluster (``Client.get_executor``), with the
+    cluster it started, if any; patches are the tasks. A worker that dies mid-task has its task
+    rerun elsewhere by the scheduler (up to its ``allowed-failures``)."""
+
+    def __init__(self, spec: str, estimator: str, options: dict):
+        try:
+            from dask.distributed import Client, LocalCluster
+        except ImportError:
+            raise CliError("--dask needs dask.distributed, which is not installed",
+                           hint="pip install 'kmsr[dask]'") from None
+        kind, what = parse_dask(spec)
+        self.cluster = None
+        if kind == "local":
+            self.cluster = LocalCluster(n_workers=what, threads_per_worker=1, processes=True, dashboard_address=None,
+                                        env={v: "1" for v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS",
+                                                                 "OPENBLAS_NUM_THREADS")})
+            self.client = Client(self.cluster)
+        else:
+            try:
+                self.client = Client(what, timeout="10s")
+            except OSError as exc:
+                raise CliError(f"--dask {spec}: no Dask scheduler answers there ({exc})") from None
+        self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+        self.executor = self.client.get_executor(pure=False)
+        self._args = (estimator, json.dumps(options, sort_keys=True))
+
+    def submit(self, patch: np.ndarray, kernel_size: int, seed: int) -> cf.Future:
+        return self.executor.submit(_dask_estimate, *self._args, patch, kernel_size, seed)
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
 def _estimator_options(settings: Settings, device: str) -> dict:
     opts = dict(settings.options)
     opts.setdefault("kernel_size", settings.kernel_size)
@@ -540,6 +601,7 @@ def _run_estimate_locked(
     progress: Callable[..., None] | None = None,
     warn: Callable[[str], None] | None = None,
     existing: str = "resume",
+    dask: str | None = None,
 ) -> EstimateSummary:
     if existing not in EXISTING:
         raise KmsrInputError(f"existing: expected one of {', '.join(EXISTING)}, found {existing!r}")
@@ -570,7 +632,13 @@ def _run_estimate_locked(
                 done.add(key)
 
     pool = None
-    if workers > 1 and device == "cpu":
+    window = 2 * workers
+    if dask is not None:
+        if device != "cpu":
+            raise CliError("--dask runs the estimator on the workers' CPUs; drop --device or use --device cpu")
+        pool = DaskPool(dask, settings.estimator, opts)
+        window = 4 * pool.workers  # enough queued per worker to hide the scheduler's round trips
+    elif workers > 1 and device == "cpu":
         # Spawned workers, one estimator each; one thread per worker so N workers use N cores.
         for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ.setdefault(var, "1")
@@ -641,9 +709,12 @@ def _run_estimate_locked(
                         summary.failed_patches.append({"photo": unit.photo, "box": list(unit.box), "reason": str(exc)})
                         warn(f"{photo} patch {unit.box}: {exc}")
                 else:
-                    fut = pool.submit(_worker_estimate, patch, settings.kernel_size, patch_seed)
+                    if isinstance(pool, DaskPool):
+                        fut = pool.submit(patch, settings.kernel_size, patch_seed)
+                    else:
+                        fut = pool.submit(_worker_estimate, patch, settings.kernel_size, patch_seed)
                     in_flight[fut] = (unit, prov)
-                    drain(2 * workers)
+                    drain(window)
             progress("photo")
         drain(0)
     finally:

@@ -38,6 +38,7 @@ def estimate(
     ] = "texture",
     option: Annotated[list[str] | None, typer.Option("--option", help="Estimator parameter KEY=VALUE (JSON value); repeatable.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Parallel worker processes on this machine; 0 = one per core.", min=0)] = 0,
+    dask: Annotated[str | None, typer.Option("--dask", help="Run the patches on a Dask cluster: local:N (a LocalCluster of N processes here) or a running scheduler's address (tcp://host:8786). Results stream into OUT.partial/ as with a local run. Needs pip install 'kmsr[dask]'.")] = None,
     shard: Annotated[str | None, typer.Option("--shard", help="i/N: only every N-th photo from the i-th (0-based), for cluster job arrays; combine with `kmsr pool merge`.")] = None,
     append: Annotated[bool, typer.Option("--append", help="Add this run's kernels to an existing -o kernel set made by other settings, photos or tools (refused without it; rerunning the same command resumes).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing -o made by another run (refused without it), and discard another run's unfinished OUT.partial/.")] = False,
@@ -58,10 +59,12 @@ def estimate(
         kmsr estimate photos/ -o kernels.h5 --scale 2
         find shots -name '*.jpg' | kmsr estimate - -o kernels.h5 --per-image 3
         kmsr estimate 'shots/**/*.png' -o part-3.h5 --shard 3/8   # then: kmsr pool merge part-*.h5 -o all.h5
+        kmsr estimate archive/ -o kernels.h5 --dask tcp://scheduler:8786   # a Dask cluster you run
+        kmsr estimate archive/ -o kernels.h5 --dask local:2
     """
     from kmsr_ops.backend import resolve_device
 
-    from ..estimate import Settings, discover_photos, parse_shard, run_estimate
+    from ..estimate import Settings, discover_photos, parse_dask, parse_shard, run_estimate
     from ..plugin_host import get_host
 
     if append and overwrite:
@@ -73,6 +76,8 @@ def estimate(
     try:  # bad values of the options themselves are usage errors (exit 2), as --help promises
         settings.validate()
         shard_t = parse_shard(shard)
+        if dask is not None:
+            parse_dask(dask)
     except KmsrInputError as exc:
         name, _, why = str(exc).partition(": ")
         raise typer.BadParameter(why or str(exc), param_hint=f"'--{name}'" if why else None) from None
@@ -107,7 +112,7 @@ def estimate(
 
         summary = run_estimate(host, photo_list, out, settings, device=dev, workers=n_workers, shard=shard_t,
                                progress=on_progress, warn=on_warn,
-                               existing="append" if append else "overwrite" if overwrite else "resume")
+                               existing="append" if append else "overwrite" if overwrite else "resume", dask=dask)
     doc = summary.as_dict()
     if json:
         emit_json(doc)
