@@ -2,7 +2,7 @@
 # The shipped x2/x4 models (kmsr_cli/models/kmsr_x{2,4}.safetensors) and their tables: the exact
 # commands. From the repository root with kmsr installed:
 #
-#   bash benchmarks/real_models.sh [WORK_DIR] [stage...]     stages: pool train bench (default: all)
+#   bash benchmarks/real_models.sh [WORK_DIR] [stage...]     stages: pool train bench (default), x4-variants x4-variants-bench
 #
 # Stage 1-2 (pool): kernels estimated with `kmsr estimate` from 43 real photos that are in no
 # test set (9 of scikit-image's CC0 photos, the 14 real photos of RealSRSet, every 10th BSD200
@@ -62,10 +62,38 @@ if has train; then
   wait
 fi
 
+# Stage x4-variants (session 4): two x4 runs side by side, one core each, 600 steps, 62 minutes at most:
+# - the bicubic-trained twin: the same init, recipe and budget on MATLAB-bicubic pairs;
+# - `est`: the pool of estimated kernels only (the x4 GAN's samples were wider than the kernels it
+#   was trained on: median width 2.92 against 2.02), half of the samples from bicubic LR.
+V=(--data "$SHARED/sr/T91" --data "$SHARED/sr/BSD200" --val "$SHARED/sr/Kodak24" --batch 16 --epochs 3
+   --iters-per-epoch 200 --lr 2e-4 --lr-halve-every 2 --amp --seed 0 --device cpu --time-budget 62
+   --init "carn_m:$W/carn/carn_m_state_dict.npz" --backbone carn_m --scale 4 --patch 192)
+if has x4-variants; then
+  OMP_NUM_THREADS=1 kmsr train "${V[@]}" --degradation realistic --degradation-option noise_max=0.01 \
+    --degradation-option jpeg_prob=0.3 --degradation-option jpeg_min=75 --degradation-option bicubic_fraction=0.5 \
+    --pool "$WORK/est_x4.h5" -o "$WORK/runs/carn_est_x4" > "$WORK/train_est_x4.log" 2>&1 &
+  OMP_NUM_THREADS=1 kmsr train "${V[@]}" --degradation bicubic -o "$WORK/runs/carn_bic_x4" > "$WORK/train_bic_x4.log" 2>&1 &
+  wait
+fi
+
 # Stage 4: the tables. The twin of the new models' architecture trained on bicubic pairs is the
 # published CARN-M itself (their initialisation, fully trained on bicubic DIV2K pairs).
 PUB="bicubic,srcnn:$W/srcnn/srcnn_915_x{s}_oihw.npz,vdsr:$W/vdsr/vdsr_model_epoch_50_state_dict.npz"
 PUB="$PUB,carn_m:$W/carn/carn_m_state_dict.npz,imdn:$W/imdn/IMDN_x{s}_state_dict.npz"
+if has x4-variants-bench; then
+  R="$WORK/runs"
+  X4=(--models "shipped=kmsr_cli/models/kmsr_x4.safetensors,est=$R/carn_est_x4/best.safetensors,twin=$R/carn_bic_x4/best.safetensors")
+  # model selection: Kodak24 (never a test set) over the same kernel columns as Table 1
+  kmsr bench quality --hr "$SHARED/sr/Kodak24" --scales 4 \
+    --kernels "bicubic,g1.25,g1.6,g1.7,div2krk=$SHARED/kernels/div2krk/div2krk_gt_k_x{s}.npy" \
+    "${X4[@]}" --markdown > "$WORK/kodak_x4_variants.md"
+  kmsr bench quality --hr "$SHARED/sr/Set5" --scales 4 \
+    --kernels "bicubic,g1.25,g1.6,g1.7,div2krk=$SHARED/kernels/div2krk/div2krk_gt_k_x{s}.npy" \
+    "${X4[@]}" --markdown > "$WORK/table1_x4_variants.md" &
+  kmsr bench real --pairs "$SHARED/real_pairs/RealSR_x4_Canon" --scale 4 "${X4[@]}" --markdown > "$WORK/real_x4_variants.md" &
+  wait
+fi
 if has bench; then
   R="$WORK/runs"
   for S in 2 4; do
