@@ -96,9 +96,9 @@ class PairSet:
 
 # --------------------------------------------------------------------------- finding pairs
 def _images_in(folder: Path) -> list[Path]:
-    from .estimate import IMAGE_SUFFIXES
+    from kmsr_ops.image_io import images_in
 
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return images_in(folder)
 
 
 def _child(folder: Path, name: str) -> Path | None:

@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from kmsr_ops.errors import ImageReadError, KmsrInputError
+from kmsr_ops.image_io import IMAGE_SUFFIXES, images_in
 from kmsr_ops.resize import imresize
 
 from .atomic import OutputLock, sidecar_path
 from .errors import CliError
 from .kernelset import KernelSet, Provenance, path_bytes_hex, write_kernel_set
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm"}
 # Smallest patch side (after upscaling) worth estimating a kernel from: below this a 25x25
 # kernel has too few edges around it for the estimate to mean anything.
 MIN_PATCH = 128
@@ -69,7 +69,7 @@ def discover_photos(specs: Iterable[str], *, stdin: Iterable[str] | None = None,
             continue
         p = Path(spec)
         if p.is_dir():
-            imgs = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            imgs = images_in(p, recursive=True)
             if not imgs:
                 raise CliError(f"{p}: the folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             found.extend(imgs)

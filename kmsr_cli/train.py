@@ -41,7 +41,6 @@ from .models import backbone_convention
 
 # What every state.pt holds (the generator states are per rank: g_data_0, g_deg_0, ...).
 _STATE_KEYS = ("model", "optimizer", "scheduler", "step", "best", "val_history", "config_json", "g_data_0", "g_deg_0")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 # scikit-image's bundled photos that are public domain or CC0 (scikit-image's data docs):
 # the default training and validation data, so training works offline out of the box.
 SKIMAGE_TRAIN = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
@@ -129,7 +128,9 @@ def load_hr_images(specs: list[str], *, default: tuple[str, ...]) -> tuple[list[
     for spec in specs:
         p = Path(spec)
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            from kmsr_ops.image_io import images_in
+
+            found = images_in(p, recursive=True)
             if not found:
                 raise CliError(f"{p}: the folder holds no images")
             paths.extend(found)

@@ -31,6 +31,17 @@ __all__ = [
 ]
 
 CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
+# What the readers here decode, by file name: the one list every command that searches folders uses.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm"})
+
+
+def images_in(folder: str | os.PathLike, *, recursive: bool = False) -> list:
+    """The image files (by :data:`IMAGE_SUFFIXES`, any letter case) in ``folder``, sorted by path."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 _CHANNELS_BY_COUNT = {count: name for name, count in CHANNELS.items()}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # ITU-R BT.601 luma, the weights Pillow uses for RGB -> L, so both paths agree.

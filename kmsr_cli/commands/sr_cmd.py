@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from kmsr_ops.image_io import IMAGE_SUFFIXES as _SUFFIXES
 from rich.markup import escape
 
 from ..console import emit_json, err, make_progress
 from ..errors import CliError
 from ..options import DeviceOpt, JsonOpt
-
-_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
 
 def _inputs(specs: list[str]) -> list[str]:
