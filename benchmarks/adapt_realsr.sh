@@ -8,7 +8,8 @@
 # transductive: adapt on all 50 LR images, score on all 50 pairs.
 # Rows: bicubic, the published SRCNN / VDSR / CARN-M, the shipped x4 model (the base), the adapted one.
 # The LR images are 128x128, so estimation uses 256-pixel patches of the x4-upscaled image (3 per photo).
-# Nothing is tuned on these pairs: the settings below are adapt's defaults except the budget.
+# Nothing is tuned on these pairs: besides the budget, the settings differ from adapt's defaults only
+# where the data asks (256-pixel patches for 128-pixel photos, the shipped models' HR training images, bf16).
 set -euo pipefail
 WORK=${1:-adapt-work}
 shift || true

@@ -16,7 +16,8 @@ run continues where it stopped and every other command can read what it made:
    (:func:`kmsr_ops.noise.estimate_noise`: a high-pass residual whose white-noise gain is known,
    robust per channel); training draws the noise level per sample between the 10th and the 90th
    percentile of the per-photo levels, so photos taken at different ISO are all covered.
-   JPEG photos add JPEG compression (quality 70-95) to half the training samples.
+   JPEG photos add JPEG compression (quality 70-95) to a share of the training samples: half the
+   fraction of the photos that are JPEG files.
 4. ``run/``: ``kmsr train`` fine-tuning ``--base`` (default: the shipped model for the scale) on
    HR images degraded with the pool and the noise (``realistic``; a quarter of the samples from
    MATLAB-bicubic LR, as for the shipped models), for the time budget. The budget counts across
@@ -29,7 +30,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,7 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import replace_atomically
+from kmsr_ops.errors import KmsrInputError
+from kmsr_ops.files import file_sha256
+
+from .atomic import OutputLock, replace_atomically
 from .errors import CliError
 
 GAN_MIN_KERNELS = 100
@@ -131,16 +137,14 @@ def build_augmented_pool(kernels_path: Path, out: Path) -> dict:
 
 
 def measure_noise(photos: list[Path]) -> dict:
-    from kmsr_ops.errors import KmsrInputError
     from kmsr_ops.image_io import read_image
     from kmsr_ops.noise import estimate_noise
 
     per_photo = []
     for p in photos:
-        px = np.asarray(read_image(p, channels="RGB").pixels, dtype=np.float64)
         try:
-            est = estimate_noise(px)
-        except KmsrInputError as exc:  # too small, or clipped everywhere: that photo is reported, the others count
+            est = estimate_noise(np.asarray(read_image(p, channels="RGB").pixels, dtype=np.float64))
+        except KmsrInputError as exc:  # ImageReadError too: estimate has warned about that photo already  # too small, or clipped everywhere: that photo is reported, the others count
             per_photo.append({"photo": str(p), "error": str(exc)})
             continue
         per_photo.append({"photo": str(p), "sigma": list(est.sigma), "sigma_mean": est.sigma_mean,
@@ -195,14 +199,19 @@ def write_report(folder: Path, *, photos: list[Path], base_spec: str, model_path
     with KernelSet(pool_path) as ks:
         k = ks.kernels()
         est = np.array([o == "estimated" for o in ks.provenance().origin])
-    shown = k[: min(len(k), 32)] if pool_info.get("rule") == "dihedral" else np.concatenate([k[est][:16], k[~est][:16]])
+    shown = k[: min(len(k), 32)] if str(pool_info.get("rule")).startswith("dihedral") else np.concatenate([k[est][:16], k[~est][:16]])
     grid = kernel_grid(shown)
     write_png(folder / "kernels.png", grid)
     base = resolve_model(base_spec, scale=scale, host=host)
     adapted = resolve_model(str(model_path), scale=scale, host=host)
     crops = []
-    for p in photos[:n_photos]:
-        px = np.asarray(read_image(p, channels="RGB").pixels, dtype=np.float64)
+    for p in photos:
+        if len(crops) == n_photos:
+            break
+        try:
+            px = np.asarray(read_image(p, channels="RGB").pixels, dtype=np.float64)
+        except KmsrInputError:  # unreadable: estimate and the noise stage have said so
+            continue
         y, x = _lr_crop(px, side)
         lr = px[y:y + side, x:x + side]
         near = np.repeat(np.repeat(np.rint(lr * 255).astype(np.uint8), scale, 0), scale, 1)
@@ -216,20 +225,20 @@ def write_report(folder: Path, *, photos: list[Path], base_spec: str, model_path
         crops.append((p.name, name, panel))
     sig = ", ".join(f"{c}: {v * 255:.2f}" for c, v in zip("RGB", noise["sigma_per_channel"]))
     rows = "".join(f"<figure><img src='data:image/png;base64,{_png_b64(panel)}' alt='{name}'>"
-                   f"<figcaption>{photo}: LR (nearest) | base model | adapted model</figcaption></figure>"
+                   f"<figcaption>{html.escape(photo)}: LR (nearest) | base model | adapted model</figcaption></figure>"
                    for photo, name, panel in crops)
     rule = pool_info.get("rule")
-    html = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>kmsr adapt: {model_path.name}</title>
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>kmsr adapt: {html.escape(model_path.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} img{{image-rendering:pixelated;max-width:100%}}
 figure{{margin:1em 0}} td,th{{padding:0 1em;text-align:left}}</style></head><body>
-<h1>kmsr adapt: {model_path.name} (x{scale})</h1>
+<h1>kmsr adapt: {html.escape(model_path.name)} (x{scale})</h1>
 <table>
 <tr><th>photos</th><td>{len(photos)}</td></tr>
 <tr><th>estimated kernels</th><td>{pool_info.get('estimated')}</td></tr>
 <tr><th>pool</th><td>{pool_info.get('kernels')} kernels, rule: {rule}{' (' + pool_info['gan_check']['reason'] + ')' if pool_info.get('gan_check', {}).get('reason') else ''}</td></tr>
 <tr><th>noise sigma (8-bit levels)</th><td>{sig}; trained on {noise['train_noise_min'] * 255:.2f} to {noise['train_noise_max'] * 255:.2f}</td></tr>
-<tr><th>base model</th><td>{base_spec}</td></tr>
+<tr><th>base model</th><td>{html.escape(base_spec)}</td></tr>
 </table>
 <h2>Kernels{' (estimated, then generated)' if rule == 'gan' else ''}</h2>
 <img src="data:image/png;base64,{_png_b64(grid)}" alt="kernels">
@@ -238,20 +247,15 @@ figure{{margin:1em 0}} td,th{{padding:0 1em;text-align:left}}</style></head><bod
 </body></html>
 """
     path = folder / "index.html"
-    replace_atomically(path, lambda tmp: Path(tmp).write_text(html))
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(page))
     return path
 
 
 def run_adapt(photos: list[Path], out: Path, settings: AdaptSettings, *, host, say: Callable[[str], None] | None = None,
               warn: Callable[[str], None] | None = None) -> AdaptResult:
     """All the stages; each one done already (its artefact in the work folder) is skipped."""
-    from .checkpoint import load_model, read_model_meta, save_model
-    from .estimate import Settings, run_estimate
-    from .gan import sample_from_checkpoint, state_path_for, train_gan
-    from .kernelset import KernelSet
+    from .checkpoint import read_model_meta
     from .models import shipped_model_path
-    from .pool import build_pool, width_check
-    from .train import TrainConfig, run_training
 
     say = say or (lambda msg: None)
     warn = warn or say
@@ -262,23 +266,44 @@ def run_adapt(photos: list[Path], out: Path, settings: AdaptSettings, *, host, s
     out = Path(out)
     if out.suffix != ".safetensors":
         raise CliError(f"-o {out}: expected a .safetensors model path")
-    work = work_dir_for(out)
-    work.mkdir(parents=True, exist_ok=True)
-    base = s.base or str(shipped_model_path("kmsr", s.scale))
+    base = os.path.abspath(s.base or str(shipped_model_path("kmsr", s.scale)))
     if not Path(base).is_file():
-        raise CliError(f"--base {base}: no such model file",
+        raise CliError(f"--base {s.base or base}: no such model file",
                        hint=f"the shipped models are x2 and x4; pass --base MODEL.safetensors for x{s.scale}")
     base_meta = read_model_meta(base)
     if base_meta.scale not in (None, s.scale):
         raise CliError(f"--base {base}: the model is x{base_meta.scale}, but --scale is {s.scale}")
+    photos = sorted(photos, key=lambda p: os.path.abspath(p))  # the order a folder or glob gave does not matter
     fingerprint = photos_fingerprint(photos)
+    work = work_dir_for(out)
+    work.mkdir(parents=True, exist_ok=True)
+    with OutputLock(work, "kmsr adapt"):
+        return _run_adapt_locked(photos, out, s, work=work, base=base, base_meta=base_meta, fingerprint=fingerprint,
+                                 host=host, say=say, warn=warn, t0=t0)
+
+
+def _run_adapt_locked(photos, out, s, *, work, base, base_meta, fingerprint, host, say, warn, t0) -> AdaptResult:
+    from .checkpoint import load_model, save_model
+    from .estimate import Settings, run_estimate
+    from .gan import state_path_for, train_gan
+    from .kernelset import KernelSet
+    from .pool import build_pool
+    from .train import TrainConfig, run_training
+
     state_path = work / "progress.json"
     state = _read_json(state_path) or {}
+    again = f"use another -o, or delete {work} to start over"
     if state and state.get("photos_sha256") != fingerprint:
-        raise CliError(f"{work} was made from other photos", hint=f"use another -o, or delete {work}")
+        raise CliError(f"{work} was made from other photos", hint=again)
     if state and state.get("base") != base:
-        raise CliError(f"{work} fine-tunes {state.get('base')}, not {base}", hint=f"use another -o, or delete {work}")
-    state.update({"photos_sha256": fingerprint, "base": base, "scale": s.scale})
+        raise CliError(f"{work} fine-tunes {state.get('base')}, not {base}", hint=again)
+    estimation = {"scale": s.scale, "patch": s.patch, "per_image": s.per_image, "seed": s.seed}
+    if state.get("estimation", estimation) != estimation:
+        was = state["estimation"]
+        raise CliError(f"{work} estimated its kernels with --patch {was.get('patch')} --per-image {was.get('per_image')} "
+                       f"--seed {was.get('seed')}, not --patch {s.patch} --per-image {s.per_image} --seed {s.seed}",
+                       hint=f"rerun with those, or delete {work / 'kernels.h5'} and {work / 'pool.h5'} to estimate again")
+    state.update({"photos_sha256": fingerprint, "base": base, "scale": s.scale, "estimation": estimation})
     state.setdefault("train_seconds", 0.0)
     _write_json(state_path, state)
 
@@ -309,15 +334,21 @@ def run_adapt(photos: list[Path], out: Path, settings: AdaptSettings, *, host, s
     # 2. pool
     pool = work / "pool.h5"
     pool_info = _read_json(work / "pool.json")
-    if pool_info is None or not pool.exists():
+    kernels_sha = file_sha256(kernels)
+    if pool_info is not None and (pool_info.get("kernels_sha256") != kernels_sha or ("gan_check" in pool_info and pool_info.get("gan_iters") != s.gan_iters)
+                                  or not pool.exists() or pool_info.get("pool_sha256") != file_sha256(pool)):
+        if (work / "run" / "state.pt").exists():
+            raise CliError(f"{pool} no longer matches {kernels} (or its record is gone), and {work / 'run'} trained on it",
+                           hint=f"delete {work / 'run'} and {work / 'progress.json'} to train again on a new pool")
+        pool_info = None
+    if pool_info is None:
         if n_est >= GAN_MIN_KERNELS:
             gan = work / "gan.safetensors"
             say(f"[2/5] {n_est} kernels >= {GAN_MIN_KERNELS}: a kernel GAN ({s.gan_iters} iterations) -> {gan}")
-            train_gan(host, [kernels], gan, iters=s.gan_iters, resume=state_path_for(gan).exists(),
-                      settings={"width_mult": 0.0625, "lr": 1e-3, "seed": s.seed}, device=s.device, checkpoint_every=100,
-                      log=say)
-            generated, _, _, _ = sample_from_checkpoint(host, gan, n_est, seed=s.seed, device=s.device)
-            check = width_check(est_k, generated)
+            gan_run = train_gan(host, [kernels], gan, iters=s.gan_iters, resume=state_path_for(gan).exists(),
+                                settings={"width_mult": 0.0625, "lr": 1e-3, "seed": s.seed}, device=s.device,
+                                checkpoint_every=100, log=say)
+            check = gan_run["sample_check"]  # its samples, the same ones the pool below draws (same seed, count)
             if check["passed"]:
                 info = build_pool(kernels, pool, generator_checkpoint=gan, host=host, n_estimated=n_est,
                                   n_generated=n_est, seed=s.seed, device=s.device, warn=warn)
@@ -330,6 +361,7 @@ def run_adapt(photos: list[Path], out: Path, settings: AdaptSettings, *, host, s
         else:
             say(f"[2/5] {n_est} kernels < {GAN_MIN_KERNELS}: pool = the estimated kernels with their 8 flips and quarter turns")
             pool_info = build_augmented_pool(kernels, pool)
+        pool_info.update({"kernels_sha256": kernels_sha, "gan_iters": s.gan_iters, "pool_sha256": file_sha256(pool)})
         _write_json(work / "pool.json", pool_info)
     else:
         say(f"[2/5] pool from an earlier run: {pool} ({pool_info['kernels']} kernels, {pool_info['rule']})")
@@ -347,11 +379,11 @@ def run_adapt(photos: list[Path], out: Path, settings: AdaptSettings, *, host, s
     # 4. fine-tune
     run = work / "run"
     budget = s.minutes * 60.0
-    left = budget - float(state["train_seconds"])
+    left = budget - float(state["train_seconds"]) if s.minutes > 0 else None  # None: only --steps limits it
     resume = (run / "state.pt").exists()
-    jpeg = noise["jpeg_photos"] > 0
+    jpeg_fraction = noise["jpeg_photos"] / len(photos)
     deg = {"noise_min": noise["train_noise_min"], "noise_max": noise["train_noise_max"],
-           "jpeg_prob": 0.5 if jpeg else 0.0, "jpeg_min": 70, "jpeg_max": 95, "bicubic_fraction": s.bicubic_fraction}
+           "jpeg_prob": round(0.5 * jpeg_fraction, 4), "jpeg_min": 70, "jpeg_max": 95, "bicubic_fraction": s.bicubic_fraction}
     steps_done = 0
     if resume:
         import torch  # noqa: F401 - the state holds the step
@@ -361,8 +393,9 @@ def run_adapt(photos: list[Path], out: Path, settings: AdaptSettings, *, host, s
         steps_done = int(load_training_state(run / "state.pt")["step"])
     steps_left = None if s.steps is None else s.steps - steps_done
     train_summary: dict = {"steps": steps_done, "seconds": state["train_seconds"]}
-    if left > 1 and (steps_left is None or steps_left > 0):
-        say(f"[4/5] fine-tuning {base} for {left / 60:.1f} more minutes{' (resumed at step ' + str(steps_done) + ')' if resume else ''} -> {run}")
+    if (left is None or left > 1) and (steps_left is None or steps_left > 0):
+        more = f"{left / 60:.1f} more minutes" if left is not None else f"{steps_left} more steps"
+        say(f"[4/5] fine-tuning {base} for {more}{' (resumed at step ' + str(steps_done) + ')' if resume else ''} -> {run}")
         cfg = TrainConfig(backbone=base_meta.backbone, degradation="realistic", scale=s.scale, out=str(run),
                           backbone_options=dict(base_meta.options), degradation_options=deg, pool=str(pool),
                           data=list(s.data), patch=s.train_patch or 48 * s.scale, batch=s.batch, epochs=100000,
@@ -379,7 +412,7 @@ def run_adapt(photos: list[Path], out: Path, settings: AdaptSettings, *, host, s
                 say(f"  step {info.get('step')}: loss {info.get('loss', float('nan')):.4f}, "
                     f"{spent / 60:.1f} of {s.minutes:g} minutes")
 
-        def on_epoch(info: dict) -> None:  # a checkpoint was just written: count the time it covers
+        def on_epoch(info: dict) -> None:  # at each epoch's end, just before its checkpoint: the time so far
             _write_json(state_path, {**state, "train_seconds": float(state["train_seconds"]) + time.perf_counter() - t_run})
 
         result = run_training(cfg, host, on_step=on_step, on_epoch=on_epoch, resume=resume, log=say)
@@ -391,6 +424,9 @@ def run_adapt(photos: list[Path], out: Path, settings: AdaptSettings, *, host, s
 
     # 5. the model and the report
     say(f"[5/5] the model -> {out}, the report -> {report_dir_for(out) / 'index.html'}")
+    if not (run / "model.safetensors").is_file():
+        raise CliError(f"{run} holds no trained model: the budget was spent before a checkpoint was written",
+                       hint="rerun with a larger --minutes (counted across reruns), or with --steps N")
     module, meta = load_model(run / "model.safetensors", host=host)
     adapt_meta = {"photos": len(photos), "photos_sha256": fingerprint, "kernels_estimated": n_est,
                   "pool": {k: v for k, v in pool_info.items() if k != "path"},

@@ -413,12 +413,23 @@ class DaskPool:
 
     def __init__(self, spec: str, estimator: str, options: dict):
         try:
-            from dask.distributed import Client, LocalCluster
+            import dask.distributed  # noqa: F401
         except ImportError:
             raise CliError("--dask needs dask.distributed, which is not installed",
                            hint="pip install 'kmsr[dask]'") from None
         kind, what = parse_dask(spec)
         self.cluster = None
+        try:
+            self._connect(kind, what, spec)
+        except BaseException:
+            if self.cluster is not None:
+                self.cluster.close()  # its worker processes must not outlive a failed start
+            raise
+        self._args = (estimator, json.dumps(options, sort_keys=True))
+
+    def _connect(self, kind: str, what, spec: str) -> None:
+        from dask.distributed import Client, LocalCluster
+
         if kind == "local":
             self.cluster = LocalCluster(n_workers=what, threads_per_worker=1, processes=True, dashboard_address=None,
                                         env={v: "1" for v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS",
@@ -431,15 +442,16 @@ class DaskPool:
                 raise CliError(f"--dask {spec}: no Dask scheduler answers there ({exc})") from None
         self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
         self.executor = self.client.get_executor(pure=False)
-        self._args = (estimator, json.dumps(options, sort_keys=True))
 
     def submit(self, patch: np.ndarray, kernel_size: int, seed: int) -> cf.Future:
         return self.executor.submit(_dask_estimate, *self._args, patch, kernel_size, seed)
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        try:
+            self.client.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()
 
 
 def _estimator_options(settings: Settings, device: str) -> dict:

@@ -9,7 +9,8 @@ so a deployment needs nothing else from kmsr:
 - ``kmsr.channels``: ``rgb`` (C = 3) or ``y`` (C = 1, the BT.601 Y channel; chroma upscaled
   bicubically);
 - ``kmsr.scale``, ``kmsr.size_multiple`` (H and W must be multiples of it),
-  ``kmsr.receptive_field`` (input pixels; the tile margin that makes tiling exact),
+  ``kmsr.receptive_field`` (input pixels, or ``unknown``; half of it is the tile margin that makes
+  tiling exact),
   ``kmsr.global_context``, ``kmsr.source`` and ``kmsr.source_sha256``, ``kmsr.version``.
 
 The export is checked with ONNX Runtime against PyTorch eager on a random input of two sizes
@@ -38,6 +39,18 @@ def _need(module: str) -> None:
         raise CliError(f"kmsr export needs {module}, which is not installed", hint="pip install 'kmsr[fast]'") from None
 
 
+def _source_sha256(spec: str, scale: int) -> str:
+    """SHA-256 of the file the weights came from: the checkpoint, the NAME:WEIGHTS file or the shipped model."""
+    from .models import shipped_model_path
+
+    path = Path(spec)
+    if not path.is_file() and ":" in spec:
+        path = Path(spec.split(":", 1)[1])
+    if not path.is_file():
+        path = shipped_model_path(spec, scale)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
 def export_model(spec: str, out: Path, *, scale: int | None = None, host=None, check_sides=(40, 57)) -> dict:
     """Export the model ``spec`` names (as ``kmsr sr --model`` reads it) to ``out``; returns a summary."""
     _need("onnx")
@@ -58,25 +71,35 @@ def export_model(spec: str, out: Path, *, scale: int | None = None, host=None, c
     cin = 1 if model.channels == "y" else 3
     m = int(model.size_multiple)
     sides = [-(-s // m) * m for s in check_sides]
-    graph = onnx.load_from_string(export_onnx_bytes(module, cin, sides[0]))
-    src = Path(spec)
-    sha = hashlib.sha256(src.read_bytes()).hexdigest() if src.is_file() else ""
+    try:
+        graph = onnx.load_from_string(export_onnx_bytes(module, cin, sides[0]))
+    except Exception as exc:  # noqa: BLE001 - an operator the exporter cannot write, ...: one line, nothing written
+        raise CliError(f"{spec}: the network cannot be exported to ONNX ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing written") from None
+    sha = _source_sha256(spec, model.scale)
     props = {"kmsr.input": model.input, "kmsr.channels": model.channels, "kmsr.scale": str(model.scale),
-             "kmsr.size_multiple": str(m), "kmsr.receptive_field": str(model.receptive_field),
+             "kmsr.size_multiple": str(m), "kmsr.receptive_field": str(model.receptive_field) if model.receptive_field else "unknown",
              "kmsr.global_context": str(bool(model.global_context)).lower(), "kmsr.source": str(spec),
              "kmsr.source_sha256": sha, "kmsr.version": __version__}
     for k, v in props.items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = k, v
     data = graph.SerializeToString()
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     worst = 0.0
+    try:
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime refuses the graph: one line, nothing written
+        raise CliError(f"ONNX Runtime cannot load the exported graph ({type(exc).__name__}); nothing written") from None
     for h, w in ((sides[0], sides[1]), (sides[1], sides[0])):
         x = rng.random((1, cin, h, w), dtype=np.float32)
         with torch.inference_mode():
             want = module(torch.from_numpy(x)).float().numpy()
-        got = session.run(None, {"x": x})[0]
+        try:
+            got = session.run(None, {"x": x})[0]
+        except Exception as exc:  # noqa: BLE001 - e.g. a size baked into the graph: one line, nothing written
+            raise CliError(f"the exported graph fails on a {h}x{w} input ({type(exc).__name__}); "
+                           "its size is not free; nothing written") from None
         if got.shape != want.shape:
             raise CliError(f"the exported graph gives shape {got.shape} on a {h}x{w} input, PyTorch {want.shape}; nothing written")
         worst = max(worst, float(np.abs(got - want).max()))

@@ -120,7 +120,7 @@ def width_check(reference: np.ndarray, candidate: np.ndarray, *, tolerance: floa
     med_e, med_g = float(np.median(we)), float(np.median(wg))
     iqr_e = float(np.subtract(*np.percentile(we, [75, 25])))
     iqr_g = float(np.subtract(*np.percentile(wg, [75, 25])))
-    drift = abs(med_g - med_e) / med_e
+    drift = abs(med_g - med_e) / max(med_e, 1e-12)
     if drift > tolerance:
         reason = f"generated median width {med_g:.2f} vs {med_e:.2f} for the training kernels (drift {drift:.0%})"
     elif iqr_g < 0.5 * iqr_e:

@@ -106,11 +106,26 @@ def test_end_to_end_then_resume(capsys, photos, tmp_path):
     code, stdout, stderr = run(capsys, photos, out, "--steps", "3", "--json")
     assert code == 0, stderr
     assert json.loads(stdout)["train"]["steps"] == 3
-    assert "resumed at step 2" in stderr
+    assert "resumed at step 2" in " ".join(stderr.split())  # rich wraps long lines
     assert (work / "kernels.h5").stat().st_mtime_ns == mtime
     # and with the same count, training is not repeated
     code, stdout, stderr = run(capsys, photos, out, "--steps", "3", "--json")
     assert code == 0 and json.loads(stdout)["train"]["steps"] == 3
+    # the budget counts across reruns: spent already, no more steps whatever --steps says
+    spent = json.loads((work / "progress.json").read_text())["train_seconds"]
+    assert spent > 0
+    code, stdout, stderr = cli_in_process(capsys, "adapt", str(photos), "-o", str(out), *ARGS[:-4],
+                                          "--minutes", str(spent / 60 / 2), "--device", "cpu", "--steps", "10", "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["train"]["steps"] == 3 and "budget spent" in " ".join(stderr.split())
+    # --minutes 0: only --steps limits the run
+    code, stdout, stderr = cli_in_process(capsys, "adapt", str(photos), "-o", str(out), *ARGS[:-4],
+                                          "--minutes", "0", "--device", "cpu", "--steps", "4", "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["train"]["steps"] == 4
+    # other estimation settings than the work folder's: refused with what it was made with
+    code, _, stderr = run(capsys, photos, out, "--per-image", "2")
+    assert code == 1 and "--per-image 1" in " ".join(stderr.split())
 
 
 def test_width_check_against_known_widths():
@@ -128,18 +143,28 @@ def test_width_check_against_known_widths():
     assert not c["passed"] and "spread" in c["reason"]
 
 
-def test_untrained_gan_is_checked_and_replaced(capsys, photos, tmp_path, monkeypatch):
-    """With the GAN threshold lowered, a 2-iteration GAN runs, fails the check, and the pool falls back."""
+@pytest.mark.parametrize("passes", [True, False])
+def test_gan_pool_follows_the_sample_check(capsys, photos, tmp_path, monkeypatch, passes):
+    """With the GAN threshold lowered, a 2-iteration GAN runs; its check (forced either way) decides the pool."""
+    import kmsr_cli.pool as pool_mod
+
+    real = pool_mod.width_check
     monkeypatch.setattr(adapt_mod, "GAN_MIN_KERNELS", 2)
+    monkeypatch.setattr(pool_mod, "width_check",
+                        lambda a, b, **k: {**real(a, b, **k), "passed": passes, "reason": "" if passes else "forced"})
     out = tmp_path / "cam_x2.safetensors"
     code, stdout, stderr = run(capsys, photos, out, "--steps", "1", "--gan-iters", "2", "--json")
     assert code == 0, stderr
     pool = json.loads(stdout)["pool"]
-    assert "gan_check" in pool and (out.with_name(out.name + ".adapt") / "gan.safetensors").is_file()
-    if pool["gan_check"]["passed"]:
-        assert pool["rule"] == "gan" and pool["kernels"] == 4
+    assert (out.with_name(out.name + ".adapt") / "gan.safetensors").is_file()
+    with KernelSet(out.with_name(out.name + ".adapt") / "pool.h5") as ps:
+        origins = set(ps.provenance().origin)
+    if passes:
+        assert pool["rule"] == "gan" and pool["kernels"] == 4 and origins == {"estimated", "generated"}
     else:
-        assert pool["rule"] == "dihedral (GAN rejected)" and "do not match" in stderr
+        assert pool["rule"] == "dihedral (GAN rejected)" and "do not match" in " ".join(stderr.split())
+        assert origins == {"estimated"}
+        assert pool["kernels"] == 16
 
 
 @pytest.mark.parametrize("extra, match", [
@@ -150,7 +175,7 @@ def test_bad_arguments(capsys, photos, tmp_path, extra, match):
     args = ["adapt", str(photos), "-o", str(tmp_path / "m.safetensors"), *ARGS, *extra]
     code, _, stderr = cli_in_process(capsys, *args)
     assert code == 1 and match in stderr
-    assert not (tmp_path / "m.safetensors").exists()
+    assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "m.safetensors.adapt").exists()
 
 
 def test_base_of_another_scale(capsys, photos, tmp_path):

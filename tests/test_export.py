@@ -63,6 +63,11 @@ def test_shipped_lr_input_model(capsys, tmp_path):
     assert stdout.strip() == str(out)
     md = props(out)
     assert md["kmsr.input"] == "lr" and md["kmsr.scale"] == "2"
+    import hashlib
+
+    from kmsr_cli.models import shipped_model_path
+
+    assert md["kmsr.source_sha256"] == hashlib.sha256(shipped_model_path("kmsr", 2).read_bytes()).hexdigest()
     module = resolve_model("kmsr", scale=2).module.eval()
     assert check_against_eager(out, module, 3, [(1, 31, 45), (2, 24, 24)]) < 1e-4
 

@@ -300,7 +300,6 @@ def test_cli_train_writes_checkpoint_metadata_state_and_grid(run_kmsr, tmp_path,
     _, sig = gaussian_set(tmp_path / "again.h5", write_set, n=50)
     check = doc["sample_check"]
     assert check["width_median_estimated"] == pytest.approx(float(np.median(sig)), rel=0.03)
-    assert check["passed"] == (check["reason"] == "")
     assert ("do not look like its training kernels" in proc.stderr) == (not check["passed"])
     assert doc["settings"]["loss"] == "gp" and doc["settings"]["lr"] == 1e-4 and doc["settings"]["gp_lambda"] == 10
     with safe_open(str(out), "pt") as f:

@@ -175,7 +175,8 @@ def test_onnx_graph_cached_by_network(tmp_path, monkeypatch):
     monkeypatch.setattr(infer, "export_onnx_bytes", counting)
     model = _kmsr(seed=6)
     assert inference_backend(model, fast=True) == "onnxruntime" and not calls  # read back, not exported
-    np.testing.assert_array_equal(super_resolve(model, img, fast=True), eager)
+    got = super_resolve(model, img, fast=True)
+    assert np.abs(got.astype(np.int32) - eager.astype(np.int32)).max() <= 1  # 8-bit rounding of ~1e-6 differences
     assert inference_backend(_kmsr(seed=7), fast=True) == "onnxruntime" and len(calls) == 1  # other weights
     assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 2
     files[0].write_bytes(b"not an onnx graph")

@@ -81,7 +81,7 @@ def estimate(
     except KmsrInputError as exc:
         name, _, why = str(exc).partition(": ")
         raise typer.BadParameter(why or str(exc), param_hint=f"'--{name}'" if why else None) from None
-    dev = resolve_device(device)
+    dev = resolve_device("cpu" if dask is not None and device == "auto" else device)  # Dask workers estimate on their CPUs
     photo_list = discover_photos(photos, stdin=sys.stdin if "-" in photos else None)
     host = get_host()
     host.get("estimators", estimator)  # fail early, listing the installed ones, on an unknown name
