@@ -35,7 +35,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -386,8 +386,6 @@ def _run_adapt_locked(photos, out, s, *, work, base, base_meta, fingerprint, hos
            "jpeg_prob": round(0.5 * jpeg_fraction, 4), "jpeg_min": 70, "jpeg_max": 95, "bicubic_fraction": s.bicubic_fraction}
     steps_done = 0
     if resume:
-        import torch  # noqa: F401 - the state holds the step
-
         from .checkpoint import load_training_state
 
         steps_done = int(load_training_state(run / "state.pt")["step"])
@@ -442,7 +440,3 @@ def _run_adapt_locked(photos, out, s, *, work, base, base_meta, fingerprint, hos
     return AdaptResult(model=str(out), work=str(work), report=str(report), kernels=n_est, pool=pool_info,
                        noise={k: v for k, v in noise.items() if k != "per_photo"}, train=train_summary,
                        seconds=round(time.perf_counter() - t0, 1))
-
-
-def settings_dict(s: AdaptSettings) -> dict:
-    return asdict(s)
