@@ -443,7 +443,10 @@ class DaskPool:
         self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
         self.executor = self.client.get_executor(pure=False)
 
-    def submit(self, patch: np.ndarray, kernel_size: int, seed: int) -> cf.Future:
+    def submit(self, fn, patch: np.ndarray, kernel_size: int, seed: int) -> cf.Future:
+        """Like ``ProcessPoolExecutor.submit(_worker_estimate, ...)``: the same patch on a Dask worker."""
+        if fn is not _worker_estimate:
+            raise TypeError(f"DaskPool runs _worker_estimate only, not {fn!r}")
         return self.executor.submit(_dask_estimate, *self._args, patch, kernel_size, seed)
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
@@ -721,10 +724,7 @@ def _run_estimate_locked(
                         summary.failed_patches.append({"photo": unit.photo, "box": list(unit.box), "reason": str(exc)})
                         warn(f"{photo} patch {unit.box}: {exc}")
                 else:
-                    if isinstance(pool, DaskPool):
-                        fut = pool.submit(patch, settings.kernel_size, patch_seed)
-                    else:
-                        fut = pool.submit(_worker_estimate, patch, settings.kernel_size, patch_seed)
+                    fut = pool.submit(_worker_estimate, patch, settings.kernel_size, patch_seed)
                     in_flight[fut] = (unit, prov)
                     drain(window)
             progress("photo")
