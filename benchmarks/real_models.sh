@@ -2,7 +2,7 @@
 # The shipped x2/x4 models (kmsr_cli/models/kmsr_x{2,4}.safetensors) and their tables: the exact
 # commands. From the repository root with kmsr installed:
 #
-#   bash benchmarks/real_models.sh [WORK_DIR] [stage...]     stages: pool train bench (default), x4-variants x4-variants-bench
+#   bash benchmarks/real_models.sh [WORK_DIR] [stage...]     stages: pool train bench (default), x4-variants x4-variants-bench, x2-variants x2-variants-bench
 #
 # Stage 1-2 (pool): kernels estimated with `kmsr estimate` from 43 real photos that are in no
 # test set (9 of scikit-image's CC0 photos, the 14 real photos of RealSRSet, every 10th BSD200
@@ -74,6 +74,22 @@ if has x4-variants; then
     --degradation-option jpeg_prob=0.3 --degradation-option jpeg_min=75 --degradation-option bicubic_fraction=0.5 \
     --pool "$WORK/est_x4.h5" -o "$WORK/runs/carn_est_x4" > "$WORK/train_est_x4.log" 2>&1 &
   OMP_NUM_THREADS=1 kmsr train "${V[@]}" --degradation bicubic -o "$WORK/runs/carn_bic_x4" > "$WORK/train_bic_x4.log" 2>&1 &
+  wait
+fi
+
+# Stage x2-variants (session 5): the x4 recipe at x2, two runs side by side, one core each, 1000 steps,
+# 95 minutes at most:
+# - `mix`: the pool K+ (the x2 GAN passed its sample check: median width 1.27 against 1.21), half of
+#   the samples from bicubic LR (the shipped x2 had a quarter and was 2.8 dB below CARN-M on bicubic);
+# - the bicubic-trained twin: the same init, recipe and budget on MATLAB-bicubic pairs.
+V2=(--data "$SHARED/sr/T91" --data "$SHARED/sr/BSD200" --val "$SHARED/sr/Kodak24" --batch 16 --epochs 5
+    --iters-per-epoch 200 --lr 2e-4 --lr-halve-every 2 --amp --seed 0 --device cpu --time-budget 95
+    --init "carn_m:$W/carn/carn_m_state_dict.npz" --backbone carn_m --scale 2 --patch 128)
+if has x2-variants; then
+  OMP_NUM_THREADS=1 kmsr train "${V2[@]}" --degradation realistic --degradation-option noise_max=0.01 \
+    --degradation-option jpeg_prob=0.3 --degradation-option jpeg_min=75 --degradation-option bicubic_fraction=0.5 \
+    --pool "$WORK/pool_x2.h5" -o "$WORK/runs/carn_mix_x2" > "$WORK/train_mix_x2.log" 2>&1 &
+  OMP_NUM_THREADS=1 kmsr train "${V2[@]}" --degradation bicubic -o "$WORK/runs/carn_bic_x2" > "$WORK/train_bic_x2.log" 2>&1 &
   wait
 fi
 
