@@ -28,9 +28,7 @@ run continues where it stopped and every other command can read what it made:
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import html
 import json
 import os
 import time
@@ -179,12 +177,6 @@ def _lr_crop(px: np.ndarray, side: int) -> tuple[int, int]:
     return at
 
 
-def _png_b64(pixels: np.ndarray) -> str:
-    from kmsr_ops.image_io import encode_png
-
-    return base64.b64encode(encode_png(pixels)).decode()
-
-
 def write_report(folder: Path, *, photos: list[Path], base_spec: str, model_path: Path, pool_path: Path,
                  noise: dict, pool_info: dict, scale: int, host, device: str, n_photos: int = 3, side: int = 64) -> Path:
     """``folder/index.html`` (images embedded) and the same panels as PNGs beside it."""
@@ -194,6 +186,7 @@ def write_report(folder: Path, *, photos: list[Path], base_spec: str, model_path
     from .infer import super_resolve
     from .kernelset import KernelSet
     from .models import resolve_model
+    from .report import HtmlReport, labelled_strip
 
     folder.mkdir(parents=True, exist_ok=True)
     with KernelSet(pool_path) as ks:
@@ -217,38 +210,25 @@ def write_report(folder: Path, *, photos: list[Path], base_spec: str, model_path
         near = np.repeat(np.repeat(np.rint(lr * 255).astype(np.uint8), scale, 0), scale, 1)
         a = super_resolve(base, lr, device=device)
         b = super_resolve(adapted, lr, device=device)
-        from .demo import side_by_side
-
-        panel = side_by_side([near, a, b])
+        panel = labelled_strip([(f"LR (nearest x{scale})", "", near), ("base", "", a), ("adapted", "", b)])
         name = f"crop_{len(crops)}_{p.stem}.png"
         write_png(folder / name, panel)
         crops.append((p.name, name, panel))
     sig = ", ".join(f"{c}: {v * 255:.2f}" for c, v in zip("RGB", noise["sigma_per_channel"]))
-    rows = "".join(f"<figure><img src='data:image/png;base64,{_png_b64(panel)}' alt='{name}'>"
-                   f"<figcaption>{html.escape(photo)}: LR (nearest) | base model | adapted model</figcaption></figure>"
-                   for photo, name, panel in crops)
     rule = pool_info.get("rule")
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>kmsr adapt: {html.escape(model_path.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} img{{image-rendering:pixelated;max-width:100%}}
-figure{{margin:1em 0}} td,th{{padding:0 1em;text-align:left}}</style></head><body>
-<h1>kmsr adapt: {html.escape(model_path.name)} (x{scale})</h1>
-<table>
-<tr><th>photos</th><td>{len(photos)}</td></tr>
-<tr><th>estimated kernels</th><td>{pool_info.get('estimated')}</td></tr>
-<tr><th>pool</th><td>{pool_info.get('kernels')} kernels, rule: {rule}{' (' + pool_info['gan_check']['reason'] + ')' if pool_info.get('gan_check', {}).get('reason') else ''}</td></tr>
-<tr><th>noise sigma (8-bit levels)</th><td>{sig}; trained on {noise['train_noise_min'] * 255:.2f} to {noise['train_noise_max'] * 255:.2f}</td></tr>
-<tr><th>base model</th><td>{html.escape(base_spec)}</td></tr>
-</table>
-<h2>Kernels{' (estimated, then generated)' if rule == 'gan' else ''}</h2>
-<img src="data:image/png;base64,{_png_b64(grid)}" alt="kernels">
-<h2>Before / after</h2>
-{rows}
-</body></html>
-"""
-    path = folder / "index.html"
-    replace_atomically(path, lambda tmp: Path(tmp).write_text(page))
-    return path
+    check = pool_info.get("gan_check", {}).get("reason")
+    rep = HtmlReport(f"kmsr adapt: {model_path.name} (x{scale})")
+    rep.facts([("photos", len(photos)), ("estimated kernels", pool_info.get("estimated")),
+               ("pool", f"{pool_info.get('kernels')} kernels, rule: {rule}" + (f" ({check})" if check else "")),
+               ("noise sigma (8-bit levels)",
+                f"{sig}; trained on {noise['train_noise_min'] * 255:.2f} to {noise['train_noise_max'] * 255:.2f}"),
+               ("base model", base_spec)])
+    rep.heading("Kernels" + (" (estimated, then generated)" if rule == "gan" else ""))
+    rep.image(grid, "the camera's kernels as the pool holds them", alt="kernels")
+    rep.heading("Before / after")
+    for photo, name, panel in crops:
+        rep.image(panel, f"{photo}: LR (nearest) | base model | adapted model", alt=name)
+    return rep.write(folder / "index.html")
 
 
 def run_adapt(photos: list[Path], out: Path, settings: AdaptSettings, *, host, say: Callable[[str], None] | None = None,

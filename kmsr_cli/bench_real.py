@@ -242,9 +242,10 @@ def run_real(
     if save is not None and bicubic_index is None:
         reference = resolve_model("bicubic", scale=scale, host=host)
     results: list[dict] = []
+    strip_names_per_set: dict[str, dict[str, str]] = {}
     for ps in pair_sets:
         set_results: list[dict] = []
-        strip_names = strip_file_names([p.name for p in ps.pairs])
+        strip_names = strip_names_per_set[ps.name] = strip_file_names([p.name for p in ps.pairs])
         for pair in ps.pairs:
             hr, lr = pair.hr_pixels, pair.lr_pixels
             outputs = []
@@ -267,6 +268,8 @@ def run_real(
         results.extend(set_results)
         if on_set:
             on_set(scale, ps, summarise(set_results))
+    if save is not None:
+        write_real_report(save, pair_sets, scale, results, strip_names_per_set)
     names = [p.name for ps in pair_sets for p in ps.pairs]
     return BenchReport(results, summarise(results), [ps.describe() for ps in pair_sets],
                        describe_models(model_specs, models), names, [scale], False, protocol=REAL_PROTOCOL)
@@ -289,24 +292,6 @@ def _to8(samples: np.ndarray, bits: int) -> np.ndarray:
     return np.rint(samples.astype(np.float64) / 257.0).astype(np.uint8)
 
 
-def _label_font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):  # no FreeType: the bitmap font
-        return ImageFont.load_default()
-
-
-def _fit(draw, text: str, font, width: int) -> str:
-    """``text`` cut (with an ellipsis) to fit ``width`` pixels."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
-
-
 def comparison_strip(pair: Pair, scale: int, bicubic: tuple[str, np.ndarray, float],
                      models: list[tuple[str, np.ndarray, float]], *, crop: int = DEFAULT_CROP) -> np.ndarray:
     """LR (nearest) | bicubic | each model | HR, a centre crop of each, labelled: (H, W, 3) uint8.
@@ -315,7 +300,7 @@ def comparison_strip(pair: Pair, scale: int, bicubic: tuple[str, np.ndarray, flo
     image); a band above the panels holds the labels, with the whole image's Y-PSNR for the
     bicubic and model panels. ``bicubic`` and ``models`` are (name, output samples, PSNR).
     """
-    from PIL import Image, ImageDraw
+    from .report import labelled_strip
 
     h, w = pair.hr.shape[:2]
     y0, x0, ch, cw = crop_box(h, w, crop, scale)
@@ -325,27 +310,31 @@ def comparison_strip(pair: Pair, scale: int, bicubic: tuple[str, np.ndarray, flo
     for name, out, p in [bicubic, *models]:
         panels.append((name, f"{p:.2f} dB", _to8(out[y0 : y0 + ch, x0 : x0 + cw, :3], pair.hr_bits)))
     panels.append(("HR", "", _to8(pair.hr[y0 : y0 + ch, x0 : x0 + cw], pair.hr_bits)))
-    font = _label_font(12)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    top, bottom = probe.textbbox((0, 0), "Ag dB", font=font)[1::2]
-    band = bottom - top + 8
-    gap = 6  # between the name and its PSNR (the default font's spaces are narrow)
-    strip = Image.new("RGB", (cw * len(panels), ch + band), (24, 24, 24))
-    draw = ImageDraw.Draw(strip)
-    for i, (name, figure, pixels) in enumerate(panels):
-        strip.paste(Image.fromarray(np.ascontiguousarray(pixels)), (i * cw, band))
-        room = cw - 8
-        fig_w = draw.textlength(figure, font=font) + gap if figure else 0
-        if fig_w > room / 2:  # a panel too narrow for both: the name only
-            figure, fig_w = "", 0
-        name = _fit(draw, name, font, room - fig_w)
-        x, y = i * cw + 4, 4 - top
-        draw.text((x, y), name, fill=(235, 235, 235), font=font)
-        if figure:
-            draw.text((x + draw.textlength(name, font=font) + gap, y), figure, fill=(250, 210, 90), font=font)
-        if i:
-            draw.line([(i * cw, 0), (i * cw, band - 1)], fill=(90, 90, 90))
-    return np.asarray(strip)
+    return labelled_strip(panels)
+
+
+def write_real_report(save: Path, pair_sets: list[PairSet], scale: int, results: list[dict],
+                      strip_names: dict[str, dict[str, str]]) -> Path:
+    """``save/index.html``: the mean and per-pair tables and every strip (beside it, linked)."""
+    from .report import HtmlReport
+
+    rep = HtmlReport(f"kmsr bench real: x{scale}, {', '.join(ps.name for ps in pair_sets)}")
+    rep.paragraph(f"Y-PSNR (dB) and SSIM on the luma channel with {scale} pixels shaved; each LR image fed as it is. "
+                  "Strips: a centre crop of LR (nearest), bicubic, each model and HR; the figure after a name is "
+                  "the whole image's Y-PSNR.")
+    for ps in pair_sets:
+        rows = [r for r in results if r["kernel"] == ps.name]
+        rep.heading(f"{ps.name}: means over {len(ps.pairs)} pairs")
+        rep.table(["model", "Y-PSNR (dB)", "SSIM"], [[m["model"], f"{m['psnr']:.2f}", f"{m['ssim']:.4f}"] for m in summarise(rows)])
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        per = {(r["image"], r["model"]): r for r in rows}
+        rep.heading(f"{ps.name}: per pair (Y-PSNR dB / SSIM)", level=3)
+        rep.table(["pair", *models], [[p.name, *(f"{per[p.name, m]['psnr']:.2f} / {per[p.name, m]['ssim']:.4f}" for m in models)]
+                                      for p in ps.pairs])
+        rep.heading(f"{ps.name}: comparison strips", level=3)
+        for p in ps.pairs:
+            rep.image_link(f"{ps.name}/{strip_names[ps.name][p.name]}", p.name)
+    return rep.write(save / "index.html")
 
 
 def write_strip(path: Path, strip: np.ndarray) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import CliError
 from .models import shipped_model_path
+from .report import labelled_strip
 from .sample_data import export_cc0, load_cc0
 
 # The GAN settings benchmarks/gan_quality.py found to fit a CPU and still beat the Gaussian
@@ -62,19 +63,6 @@ def _run(args: list[str], say: Callable[[str], None], *, capture_json: bool = Fa
     return None
 
 
-def side_by_side(panels: list[np.ndarray], gap: int = 6) -> np.ndarray:
-    """Panels (H, W, 3) uint8 of one height, left to right with white gaps."""
-    h = max(p.shape[0] for p in panels)
-    parts = []
-    for i, p in enumerate(panels):
-        pad = np.full((h, p.shape[1], 3), 255, np.uint8)
-        pad[: p.shape[0]] = p
-        parts.append(pad)
-        if i < len(panels) - 1:
-            parts.append(np.full((h, gap, 3), 255, np.uint8))
-    return np.concatenate(parts, axis=1)
-
-
 def run_demo(out: Path, *, quick: bool, device: str, seed: int, say: Callable[[str], None]) -> DemoResult:
     from kmsr_ops.degrade import gaussian_lr
     from kmsr_ops.image_io import read_image, write_png
@@ -82,6 +70,14 @@ def run_demo(out: Path, *, quick: bool, device: str, seed: int, say: Callable[[s
     from kmsr_ops.resize import modcrop
 
     t0 = time.perf_counter()
+    commands: list[str] = []
+    user_say = say
+
+    def say(msg: str) -> None:  # the commands are kept for the report
+        if msg.startswith("$ "):
+            commands.append(msg[2:])
+        user_say(msg)
+
     cfg = QUICK if quick else FULL
     model = shipped_model_path("kmsr", SCALE)
     if not model.exists():
@@ -136,14 +132,20 @@ def run_demo(out: Path, *, quick: bool, device: str, seed: int, say: Callable[[s
         res.table.append({"image": "astronaut crop", "kernel": f"g{SIGMA}", "scale": SCALE, "model": name,
                           "psnr": psnr(img * 255, hr * 255, crop_border=SCALE, test_y_channel=True),
                           "ssim": ssim(img * 255, hr * 255, crop_border=SCALE, test_y_channel=True)})
+    def u8(p):
+        return np.rint(np.clip(p, 0, 1) * 255).astype(np.uint8)
+
+    psnr_of = {r["model"]: f"{r['psnr']:.2f} dB" for r in res.table}
     nearest = np.repeat(np.repeat(lr, SCALE, axis=0), SCALE, axis=1)
-    panel = side_by_side([np.rint(np.clip(p, 0, 1) * 255).astype(np.uint8) for p in (nearest, bic, ksr, hr)])
+    panel = labelled_strip([(f"LR (nearest x{SCALE})", "", u8(nearest)), ("bicubic", psnr_of["bicubic"], u8(bic)),
+                            ("KMSR", psnr_of["kmsr (shipped)"], u8(ksr)), ("HR", "", u8(hr))])
     cmp_synth = out / "compare_synthetic.png"
     write_png(cmp_synth, panel)
     real_lr = load(real)
     real_near = np.repeat(np.repeat(real_lr, SCALE, axis=0), SCALE, axis=1)
-    panel = side_by_side([np.rint(np.clip(p, 0, 1) * 255).astype(np.uint8)
-                          for p in (real_near, load(sr_dir / "real_photo_bicubic_x2.png"), load(sr_dir / "real_photo_kmsr_x2.png"))])
+    panel = labelled_strip([(f"LR (nearest x{SCALE})", "", u8(real_near)),
+                            ("bicubic", "", u8(load(sr_dir / "real_photo_bicubic_x2.png"))),
+                            ("KMSR", "", u8(load(sr_dir / "real_photo_kmsr_x2.png")))])
     cmp_real = out / "compare_real_photo.png"
     write_png(cmp_real, panel)
     res.outputs["side by side, synthetic (LR nearest | bicubic | KMSR | HR)"] = str(cmp_synth)
@@ -156,4 +158,31 @@ def run_demo(out: Path, *, quick: bool, device: str, seed: int, say: Callable[[s
     table_md.write_text("\n".join(lines) + "\n")
     res.outputs["PSNR table"] = str(table_md)
     res.seconds = round(time.perf_counter() - t0, 1)
+    res.outputs["report"] = str(_write_report(out, res, commands, cfg, cmp_synth, cmp_real, plot))
     return res
+
+
+def _write_report(out: Path, res: DemoResult, commands: list[str], cfg: dict, cmp_synth: Path, cmp_real: Path,
+                  plot: Path) -> Path:
+    """``out/report.html``: what ran, the pool plots, both comparisons and the PSNR table, in one file."""
+    from .report import HtmlReport
+
+    rep = HtmlReport("kmsr demo: the KMSR pipeline, small")
+    rep.paragraph(f"Blur kernels estimated from {len(cfg['photos'])} CC0 photos of scikit-image upscaled x{SCALE}, "
+                  f"a kernel GAN trained on them for {cfg['gan_iters']} iterations, the pool of estimated and "
+                  f"generated kernels, then super-resolution x{SCALE} with the shipped model. "
+                  f"Done in {res.seconds:.0f} s.")
+    rep.heading("Commands (rerun any of them yourself)")
+    rep.code(commands)
+    rep.heading(f"x{SCALE} on a synthetic LR image (Gaussian blur, sigma {SIGMA}): ground truth known")
+    rep.image_file(cmp_synth, "LR (nearest) | bicubic | KMSR | HR; Y-PSNR after each name")
+    rep.table(["image", "kernel", "scale", "model", "Y-PSNR (dB)", "SSIM"],
+              [[r["image"], r["kernel"], f"x{r['scale']}", r["model"], f"{r['psnr']:.2f}", f"{r['ssim']:.4f}"]
+               for r in res.table])
+    rep.heading(f"x{SCALE} on a real photo (no ground truth)")
+    rep.image_file(cmp_real, "LR (nearest) | bicubic | KMSR")
+    rep.heading("The kernel pool")
+    rep.image_file(plot, "the pool's statistics (kmsr pool show --plot)")
+    rep.heading("Files")
+    rep.facts(list(res.outputs.items()))
+    return rep.write(out / "report.html")

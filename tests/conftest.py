@@ -21,6 +21,7 @@ Reusable pieces:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -206,3 +207,18 @@ def fresh_host():
     from kmsr_cli.plugin_host import PluginHost
 
     return PluginHost()
+
+
+# --------------------------------------------------------------------------- HTML reports in a browser
+# Headless Chromium (Debian's `chromium` package; .ci/run installs it where apt-get can), or None.
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def images_loaded(page: Path) -> tuple[int, int, str]:
+    """(loaded, total, DOM) as headless Chromium sees ``page`` after its load event."""
+    proc = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                           "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = re.search(r'data-images="(\d+)/(\d+)"', proc.stdout)
+    assert m, f"the page's image check did not run: {proc.stdout[:500]}"
+    return int(m.group(1)), int(m.group(2)), proc.stdout

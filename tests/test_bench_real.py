@@ -8,6 +8,7 @@ from conftest import cli_in_process
 import csv
 import io
 import json
+import re
 import time
 
 import numpy as np
@@ -248,8 +249,13 @@ def test_save_writes_one_strip_per_pair(capsys, files, tmp_path, models, crop, p
                          "--device", "cpu", "--models", models.format(**files), "--save", save, "--crop", crop, "--json")
     assert code == 0, err
     written = sorted(p.relative_to(save).as_posix() for p in save.rglob("*") if p.is_file())
-    assert written == ["SynthA/img_000.png", "SynthA/img_001.png", "SynthA/img_002.png",
-                       "SynthB/Cam_000.png", "SynthB/Cam_001.png"]  # no temporary files left
+    strips = ["SynthA/img_000.png", "SynthA/img_001.png", "SynthA/img_002.png", "SynthB/Cam_000.png", "SynthB/Cam_001.png"]
+    assert written == strips + ["index.html"]  # no temporary files left
+    # the report links every strip and shows the means the JSON gives
+    page = (save / "index.html").read_text()
+    assert [m.group(1) for m in re.finditer(r"<img src='([^']+)'", page)] == strips
+    for row in json.loads(out)["summary"]:
+        assert f"<td>{row['model']}</td><td class='num'>{row['psnr']:.2f}</td><td class='num'>{row['ssim']:.4f}</td>" in page
     for path in save.rglob("*.png"):
         with Image.open(path) as im:
             assert im.mode == "RGB" and im.width == panels * side

@@ -170,7 +170,7 @@ def real(
     save: Annotated[
         Path | None,
         typer.Option("--save", help="Write one labelled comparison strip per pair to DIR/SET/NAME.png: "
-                     "LR (nearest) | bicubic | each model | HR."),
+                     "LR (nearest) | bicubic | each model | HR, and DIR/index.html with the tables and every strip."),
     ] = None,
     crop: Annotated[
         int, typer.Option("--crop", help="Width and height of each --save panel in HR pixels, a centre crop "
@@ -197,7 +197,8 @@ def real(
 
     --save DIR writes, for each pair, DIR/SET/NAME.png: a centre crop (--crop HR pixels) of the
     LR upscaled by pixel repetition, bicubic, every other model and the HR side by side, each
-    labelled, the bicubic and model panels with the whole image's Y-PSNR.
+    labelled, the bicubic and model panels with the whole image's Y-PSNR; and DIR/index.html,
+    one page with the mean and per-pair tables and every strip, to open in a browser.
 
     Examples:
 
@@ -244,7 +245,8 @@ def real(
     else:
         _print_table(rich_table(report.summary, n_pairs, unit="pair"))
     if save is not None and not json:
-        err.print(f"comparison strips written under {escape(str(save))}", highlight=False)
+        err.print(f"comparison strips written under {escape(str(save))}; report: {escape(str(save / 'index.html'))}",
+                  highlight=False)
 
 
 @app.command("ops")
