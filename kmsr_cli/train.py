@@ -519,6 +519,12 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
                 raise CliError(f"{state_path}: the run was started with {flag} {_shown(saved_cfg.get(key))}, "
                                f"not {_shown(getattr(cfg, key))}; resume with the same {flag}",
                                hint="drop --resume and choose another -o to train on other data")
+        # The same pool path holding other kernels (rebuilt, or replaced by another file) is another run.
+        was_fp = saved_cfg.get("pool_fingerprint")
+        if was_fp is not None and was_fp != pool_fp:
+            raise CliError(f"{state_path}: the pool {cfg.pool} has changed since the run started "
+                           f"(SHA-256 {str(was_fp)[:12]}…, now {str(pool_fp)[:12]}…); resume with the pool it was started on",
+                           hint="drop --resume and choose another -o to train on the new pool")
         try:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
@@ -576,7 +582,8 @@ def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, lo
                 "step": torch.tensor(step),
                 "best": torch.tensor(float("nan") if best is None else best),
                 "val_history": torch.tensor(history, dtype=torch.float64),
-                "config_json": torch.tensor(list(json.dumps(asdict(cfg)).encode()), dtype=torch.uint8),
+                "config_json": torch.tensor(list(json.dumps({**asdict(cfg), "pool_fingerprint": pool_fp}).encode()),
+                                            dtype=torch.uint8),
                 **gens,
             }
             replace_atomically(state_path, lambda tmp: torch.save(state, tmp), fsync=True)

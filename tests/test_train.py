@@ -126,3 +126,19 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert cfg["world_size"] == 2
     state = torch.load(tmp_path / "ddp" / "state.pt", weights_only=True)
     assert "g_data_1" in state  # both ranks' generators saved for resume
+
+
+def test_resume_refuses_a_pool_rebuilt_at_the_same_path(tmp_path, write_set, random_kernels):
+    """--pool compares by content: other kernels written to the same file are another run."""
+    import shutil
+
+    host = get_host()
+    pool = write_set(tmp_path / "pool.h5", random_kernels(5, 9), scale=2)
+    shutil.copyfile(pool, tmp_path / "pool.bak")
+    run_training(_cfg(tmp_path / "r", degradation="pool", pool=str(pool), max_steps=2), host)
+    write_set(tmp_path / "other.h5", random_kernels(6, 9, seed=1), scale=2).replace(pool)  # rebuilt in place
+    with pytest.raises(CliError, match="has changed since the run started"):
+        run_training(_cfg(tmp_path / "r", degradation="pool", pool=str(pool), max_steps=3), host, resume=True)
+    shutil.copyfile(tmp_path / "pool.bak", pool)  # the original file back: the run continues
+    res = run_training(_cfg(tmp_path / "r", degradation="pool", pool=str(pool), max_steps=3), host, resume=True)
+    assert res.steps > 2  # continued past the checkpoint
