@@ -194,3 +194,45 @@ def test_work_folder_of_other_photos_is_refused(capsys, photos, tmp_path):
     (work / "progress.json").write_text(json.dumps({"photos_sha256": "0" * 64, "base": "x"}))
     code, _, stderr = cli_in_process(capsys, "adapt", str(photos), "-o", str(out), *ARGS)
     assert code == 1 and "was made from other photos" in stderr
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_then_rerun_continues(photos, tmp_path):
+    """`kill -9` while adapt is training: the rerun keeps the kernels, pool and noise it had
+    and resumes training from the last checkpoint instead of starting again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "cam_x2.safetensors"
+    work = out.with_name(out.name + ".adapt")
+    cmd = [sys.executable, "-m", "kmsr_cli", "adapt", str(photos), "-o", str(out), *ARGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*cmd, "--steps", "100000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not (work / "run" / "state.pt").exists():  # the first training checkpoint
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no training checkpoint within 10 minutes"
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL and not out.exists()
+    stamps = {n: (work / n).stat().st_mtime_ns for n in ("kernels.h5", "pool.h5", "noise.json")}
+    import torch
+
+    done = int(torch.load(work / "run" / "state.pt", weights_only=True)["step"])
+    assert done >= 25  # at least one epoch of 25 steps was checkpointed
+    rerun = subprocess.run([*cmd, "--steps", str(done + 10), "--json"], capture_output=True, text=True, env=env,
+                           timeout=900, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resumed at step {done}" in " ".join(rerun.stderr.split())
+    assert json.loads(rerun.stdout)["train"]["steps"] == done + 10
+    assert {n: (work / n).stat().st_mtime_ns for n in stamps} == stamps  # nothing estimated or pooled again
+    assert out.is_file() and not list(tmp_path.glob(".kmsr-*"))  # the model written, no temporary files left
