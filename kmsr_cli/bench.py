@@ -193,8 +193,10 @@ def parse_models(items: Iterable[str] | None) -> list[ModelSpec]:
     for item in split_list(items):
         label, spec = _split_label(item)
         name, _, rest = spec.partition(":")
+        if name == "spandrel" and rest:  # kept whole (spandrel:x.safetensors is no kmsr checkpoint); the file names it
+            specs.append(ModelSpec(label or Path(rest).stem, spec))
         # NAME:PATH (a one-letter NAME would be a Windows drive).
-        if rest and len(name) > 1 and _LABEL.match(name):
+        elif rest and len(name) > 1 and _LABEL.match(name):
             specs.append(ModelSpec(label or name, rest if rest.endswith(".safetensors") else spec))
         elif spec.endswith(".safetensors"):
             p = Path(spec)
@@ -216,7 +218,7 @@ def load_model_for(ms: ModelSpec, scale: int, host=None, *, option: str = "--sca
 
     spec = ms.spec_for(scale)
     hint = f"give one file per scale with {{s}} in its path (e.g. srcnn:weights/srcnn_915_x{{s}}_oihw.npz), or change {option}"
-    if spec.endswith(".safetensors"):
+    if spec.endswith(".safetensors") and not spec.startswith("spandrel:"):
         path = Path(spec)
         if not path.is_file():
             raise CliError(f"model {ms.label!r}: {path}: no such checkpoint")

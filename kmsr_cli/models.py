@@ -4,6 +4,8 @@ A model is given as
 
 - ``bicubic``: plain MATLAB bicubic upscaling (an identity network on the upscaled image);
 - ``PATH.safetensors``: a kmsr checkpoint (``kmsr train`` writes them);
+- ``spandrel:PATH``: a published model of any architecture spandrel recognises (``.pth``,
+  ``.safetensors``, ``.ckpt``), fed by what spandrel reports (:mod:`kmsr_cli.spandrel_models`);
 - ``NAME:PATH``: a backbone with published weights, e.g. ``srcnn:srcnn_915_x3_oihw.npz`` or
   ``vdsr:vdsr_model_epoch_50_state_dict.npz``;
 - ``NAME`` alone: the model kmsr ships under that name for the scale, ``models/NAME_xS.safetensors``;
@@ -132,6 +134,10 @@ def resolve_model(spec: str, *, scale: int | None, host=None) -> SRModel:
         if scale is None:
             raise CliError("bicubic upscaling needs --scale")
         return SRModel(_Identity(), scale=scale, name="bicubic")
+    if spec.startswith("spandrel:"):  # before the .safetensors test: spandrel:x.safetensors is not a kmsr checkpoint
+        from .spandrel_models import load_spandrel
+
+        return load_spandrel(spec, scale=scale)
     path = Path(spec)
     if spec.endswith(".safetensors") or path.is_file():
         if not path.exists():
@@ -164,4 +170,4 @@ def resolve_model(spec: str, *, scale: int | None, host=None) -> SRModel:
         return _from_module(module, spec, scale, host.get("backbones", meta.backbone),
                             meta={"backbone": meta.backbone, **meta.extra})
     known = ", ".join(["bicubic", *host.names("backbones")])
-    raise CliError(f"unknown model {spec!r}: expected a .safetensors file, NAME:WEIGHTS, or one of {known}")
+    raise CliError(f"unknown model {spec!r}: expected a .safetensors file, NAME:WEIGHTS, spandrel:PATH, or one of {known}")

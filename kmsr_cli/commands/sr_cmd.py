@@ -73,8 +73,8 @@ def _targets(items: list[str], specs: list[str], out: str, many: bool, scale: in
 def sr(
     inputs: Annotated[list[str], typer.Argument(help="Images: files, folders, globs, or - (image bytes on stdin).")],
     out: Annotated[str, typer.Option("-o", "--out", help="Output PNG for one input (PNG only: another image suffix such as .jpg is a usage error), a folder for several (NAME_xS.png, keeping the sub-folders of an input folder), or - for PNG on stdout.")],
-    model: Annotated[str, typer.Option("--model", help="A .safetensors checkpoint, NAME:WEIGHTS (e.g. vdsr:vdsr.npz), bicubic, or a backbone name for kmsr's shipped model.")] = "kmsr",
-    scale: Annotated[int | None, typer.Option("--scale", help="SR scale (default: the checkpoint's, else 2).", min=1, max=16)] = None,
+    model: Annotated[str, typer.Option("--model", help="A .safetensors checkpoint, NAME:WEIGHTS (e.g. vdsr:vdsr.npz), spandrel:PATH (a published model, with the spandrel extra), bicubic, or a backbone name for kmsr's shipped model.")] = "kmsr",
+    scale: Annotated[int | None, typer.Option("--scale", help="SR scale (default: the checkpoint's or spandrel model's, else 2).", min=1, max=16)] = None,
     tile: Annotated[int, typer.Option("--tile", help="Tile size in output pixels (0 = whole image at once).", min=0)] = 512,
     tile_overlap: Annotated[int | None, typer.Option("--tile-overlap", help="Margin around each tile in network-input pixels (default: the network's receptive-field radius, which makes tiles exact).", min=0)] = None,
     device: DeviceOpt = "auto",
@@ -119,7 +119,9 @@ def sr(
     if out == "-" and len(items) > 1:
         raise CliError("-o - writes one PNG to stdout; give a folder for several inputs")
     dev = resolve_device(device)
-    srm = resolve_model(model, scale=scale if scale is not None else (None if model.endswith(".safetensors") else 2))
+    # A checkpoint or a spandrel model says its own scale; the rest default to x2.
+    own_scale = model.endswith(".safetensors") or model.startswith("spandrel:")
+    srm = resolve_model(model, scale=scale if scale is not None else (None if own_scale else 2))
     s = srm.scale
     overlap = tile_overlap if tile_overlap is not None else max(srm.receptive_field // 2 + 1, 0 if srm.receptive_field else 16)
     many = len(items) > 1 or (len(items) == 1 and Path(out).suffix.lower() not in _SUFFIXES and out != "-")
