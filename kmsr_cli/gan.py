@@ -355,11 +355,15 @@ def train_gan(
     on_iteration: Callable[[IterationStats], None] | None = None,
     log: Callable[[str], None] | None = None,
     history_every: int | None = None,
+    watch_every: int | None = None,
 ) -> dict:
     """Train (or continue) a kernel GAN; returns a JSON-friendly summary of the run.
 
     ``settings`` holds :class:`TrainSettings` fields; ``None`` values mean the default (or, with
     ``resume``, the saved run's value). ``iters`` is the total number of generator iterations.
+    ``watch_every``: score the generator every so many iterations and keep its best weights if
+    the final ones collapsed (:mod:`kmsr_cli.gan_watch`); default ``iters // 20`` for runs of at
+    least 200 iterations (shorter ones are not watched), 0 turns it off.
     """
     import torch
 
@@ -415,6 +419,15 @@ def train_gan(
         start = trainer.iteration
         log(f"resuming {out} at iteration {start}")
     kmsr_meta = {"training_sets": json.dumps(data.paths)}
+    from .gan_watch import DEFAULT_CHECKS, MIN_WATCHED_ITERS, CollapseWatch
+
+    if watch_every is None:  # short runs (tests, smoke runs) are not watched unless asked
+        watch_every = iters // DEFAULT_CHECKS if iters >= MIN_WATCHED_ITERS else 0
+    if watch_every < 0:
+        raise KmsrInputError(f"watch_every: expected 0 (off) or a positive number, found {watch_every}")
+    watch = CollapseWatch(data.kernels, seed=int(train_settings.seed)) if watch_every else None
+    if watch is not None and start:
+        watch.observe(start, gan)  # the weights resumed from are a candidate too
     preview_rng_seed = int(train_settings.seed) + 1
     history_every = history_every or max(1, iters // 100)
     history: list[dict] = []
@@ -427,6 +440,8 @@ def train_gan(
             i = last.iteration
             if on_iteration:
                 on_iteration(last)
+            if watch is not None and i % watch_every == 0 and i < iters:
+                watch.observe(i, gan)
             if i % history_every == 0 or i == iters:
                 history.append({"iteration": i, "critic_loss": last.critic_loss, "wasserstein": last.wasserstein})
             if checkpoint_every > 0 and i % checkpoint_every == 0 and i < iters:
@@ -441,7 +456,15 @@ def train_gan(
             log(f"interrupted: saved iteration {trainer.iteration} to {out}; continue with --resume")
         raise
     seconds = time.perf_counter() - t0
-    if trainer.iteration > start or not out.exists():
+    watched = None
+    if watch is not None:
+        watched = watch.finish(trainer.iteration, gan)
+        if watched["restored"]:
+            kmsr_meta["weights_from_iteration"] = str(watched["best_iteration"])
+            log(f"warning: the generator collapsed: its kernels' MMD to the training kernels rose from "
+                f"{watched['best_mmd']:.4f} at iteration {watched['best_iteration']} to {watched['last_mmd']:.4f} at "
+                f"iteration {trainer.iteration}; kept the weights of iteration {watched['best_iteration']}")
+    if trainer.iteration > start or not out.exists() or (watched and watched["restored"]):
         save_training(trainer, data, out, kmsr_meta=kmsr_meta)
         checkpoints += 1
     done = trainer.iteration - start
@@ -454,6 +477,7 @@ def train_gan(
         log(f"warning: the generator's kernels do not look like its training kernels: {check['reason']}")
     return {
         "sample_check": check,
+        "collapse_watch": watched,
         "path": str(out),
         "state": str(state_path_for(out)),
         "iterations": trainer.iteration,

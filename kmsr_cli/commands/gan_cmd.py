@@ -60,9 +60,19 @@ def train(
         typer.Option("--kernel-output", help="How G's last map becomes a kernel: relu then / sum [default]; clip to [0,1] then / sum (the release); softmax."),
     ] = None,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save every N iterations (0: only at the end).", min=0)] = 1000,
+    watch_every: Annotated[
+        int | None,
+        typer.Option("--watch-every", help="Score the generator every N iterations (MMD of its kernels to the training "
+                     "kernels) and keep the best weights if the final ones are 1.5x worse (a collapse) "
+                     "[default: --iters / 20 from 200 iterations on; 0: off].", min=0),
+    ] = None,
     sample_every: Annotated[int, typer.Option("--sample-every", help="Write a grid of 64 generated kernels every N iterations.", min=0)] = 0,
     samples_png: Annotated[Path | None, typer.Option("--samples-png", help="Where --sample-every writes its grid (PNG).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out (and its .state.pt) up to --iters.")] = False,
+    generator: Annotated[
+        str | None,
+        typer.Option("--generator", help="Trainable generator plugin [default: wgan-gp, the paper's]; `kmsr plugins` lists them."),
+    ] = None,
     device: DeviceOpt = "auto",
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed of a new run [default: 0]; a resumed run keeps its own.", min=0)] = None,
     json: JsonOpt = False,
@@ -74,6 +84,11 @@ def train(
     checkpoint holds both networks; the .state.pt beside it holds optimisers and the random
     stream, so --resume continues exactly where a run stopped. Progress shows the critic loss
     and the Wasserstein estimate (mean critic score of real minus generated kernels).
+
+    The losses do not tell whether the kernels are good, and a run can drift late to kernels
+    unlike its data. So every --watch-every iterations the generator is scored (the MMD between
+    a fixed draw of its kernels and the training kernels); if the final score is over 1.5x the
+    best one, the best weights are kept and a warning names both iterations.
 
     Examples:
 
@@ -92,6 +107,7 @@ def train(
     settings = {
         "loss": loss, "batch": batch, "critic_steps": critic_steps, "lr": lr, "gp_lambda": gp_lambda,
         "clip_value": clip_value, "augment": augment, "width_mult": width_mult, "output": output, "seed": seed,
+        "generator": generator,
     }
     from ..limits import check_memory
 
@@ -120,7 +136,7 @@ def train(
         summary = train_gan(
             get_host(), kernels, out, iters=iters, settings=settings, device=dev, resume=resume,
             checkpoint_every=checkpoint_every, sample_every=sample_every, samples_png=samples_png,
-            on_iteration=on_iteration, log=say,
+            on_iteration=on_iteration, log=say, watch_every=watch_every,
         )
     if json:
         emit_json(summary)
