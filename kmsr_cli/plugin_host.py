@@ -8,7 +8,8 @@ travel the same path as third-party ones. Environment switches, for debugging:
 - ``KMSR_DISABLE_PLUGINS=a,b``: skip these entry points.
 
 A plugin that fails to import or to register is reported (``kmsr plugins`` shows the error)
-and does not take the others down.
+and does not take the others down. What a backend must be is in :mod:`kmsr_cli.hookspecs`;
+:mod:`kmsr_cli.plugin_check` checks one against it (``docs/write-a-plugin.md``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Backend:
             return True, ""
         try:
             res = self.available()
-        except Exception as exc:  # a broken check says the backend cannot be used, and why
+        except Exception as exc:  # noqa: BLE001 - a broken check says the backend cannot be used, and why
             return False, f"availability check failed: {type(exc).__name__}: {exc}"
         if isinstance(res, tuple):
             return bool(res[0]), str(res[1]) if len(res) > 1 else ""
@@ -118,7 +119,7 @@ class PluginHost:
             try:
                 obj = ep.load()
                 self.pm.register(obj, name=ep.name)
-            except Exception as exc:  # one broken plugin must not break the CLI; it is reported
+            except Exception as exc:  # noqa: BLE001 - one broken plugin must not break the CLI; it is reported
                 rec.error = f"failed to load: {type(exc).__name__}: {exc}"
                 self.errors.append(f"plugin {ep.name!r} ({ep.value}) {rec.error}")
             self.plugins.append(rec)
@@ -143,7 +144,7 @@ class PluginHost:
                 register = self._make_register(kind, impl.plugin_name)
                 try:
                     impl.function(register=register)
-                except Exception as exc:  # reported per plugin, the others still register
+                except Exception as exc:  # noqa: BLE001 - reported per plugin, the others still register
                     msg = f"plugin {impl.plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc}"
                     self.errors.append(msg)
                     for rec in self.plugins:
@@ -182,7 +183,9 @@ class PluginHost:
         return sorted(self.registries[kind])
 
     def describe(self) -> dict:
+        """What ``kmsr plugins --json`` prints: the contracts' ``api_version``, every plugin, every backend."""
         out: dict[str, Any] = {
+            "api_version": hookspecs.API_VERSION,
             "plugins": [
                 {
                     "name": r.name,

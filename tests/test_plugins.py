@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
+import textwrap
 import types
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -15,7 +18,7 @@ from kmsr_cli.errors import CliError
 from kmsr_cli.hookspecs import hookimpl
 from kmsr_cli.plugin_host import PluginHost
 
-DOC_KEYS = {"plugins", "estimators", "generators", "backbones", "degradations"}
+DOC_KEYS = {"api_version", "plugins", "estimators", "generators", "backbones", "degradations"}
 BUILTIN_GENERATORS = {"gaussian", "aniso", "motion"}
 
 
@@ -42,6 +45,7 @@ def plugin_module(name: str, **hooks) -> types.ModuleType:
 def test_plugins_json_lists_builtin_synthetic(run_kmsr):
     doc = plugins_doc(run_kmsr("plugins", "--json"))
     assert set(doc) == DOC_KEYS
+    assert doc["api_version"] == hookspecs.API_VERSION == 1
     plugins = by_name(doc["plugins"])
     assert "example" not in plugins
     synth = plugins["synthetic"]
@@ -332,3 +336,223 @@ def test_hookspecs_are_documented(kind, hook_name):
 def test_every_hookspec_is_a_kind():
     specs = {name for name in dir(hookspecs) if name.startswith("kmsr_")}
     assert specs == set(hookspecs.HOOK_KINDS.values())
+
+
+def test_hookspec_docstrings_name_every_documented_keyword_and_info_key():
+    # INFO_KEYS and FACTORY_KEYWORDS are the machine-readable copy of the docstrings: they must agree.
+    for kind, hook_name in hookspecs.HOOK_KINDS.items():
+        doc = inspect.getdoc(getattr(hookspecs, hook_name))
+        for key in hookspecs.INFO_KEYS[kind]:
+            assert f"``{key}``" in doc, f"{hook_name}'s docstring does not document info key {key!r}"
+        for keyword in hookspecs.FACTORY_KEYWORDS[kind]:
+            if not keyword.startswith("**"):
+                assert f"{keyword}=" in doc, f"{hook_name}'s docstring does not say that kmsr passes {keyword}="
+        proto = hookspecs.PROTOCOLS[kind]
+        assert f":class:`{proto.__name__}`" in doc, f"{hook_name}'s docstring does not name {proto.__name__}"
+        assert inspect.getdoc(proto), f"{proto.__name__} has no docstring"
+    assert set(hookspecs.INFO_KEYS) == set(hookspecs.FACTORY_KEYWORDS) == set(hookspecs.PROTOCOLS) == set(hookspecs.HOOK_KINDS)
+
+
+# --------------------------------------------------------------------------- info keys the pipeline reads
+# A static scan of kmsr_cli/: every read of a backend's ``info`` (``x.info.get(KEY)``, ``x.info[KEY]``,
+# ``KEY in x.info``, and the same through ``info = x.info``) must use a key that hookspecs.INFO_KEYS
+# documents for that kind (for any kind where the scan cannot tell which backend ``x`` is). A key it
+# cannot resolve to constants (say ``info.get(name)`` with a computed ``name``) fails too.
+
+PIPELINE_DIR = Path(hookspecs.__file__).resolve().parent
+KINDS = tuple(hookspecs.HOOK_KINDS)
+
+
+def _const_strings(node) -> list[str] | None:
+    items = node.keys if isinstance(node, ast.Dict) else node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else None
+    if items is not None and all(isinstance(k, ast.Constant) and isinstance(k.value, str) for k in items):
+        return [k.value for k in items]
+    return None
+
+
+class InfoReads(ast.NodeVisitor):
+    """(line, kind or None, keys or None) for every read of a backend's info in one module."""
+
+    def __init__(self, tree: ast.Module):
+        self.tree = tree
+        self.consts = {t.id: v for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                       if isinstance(t, ast.Name) and (v := _const_strings(n.value)) is not None}
+        self.scopes: list[dict] = [{"backends": {}, "aliases": {}}]
+        self.funcs: list[ast.FunctionDef] = []
+        self.reads: list[tuple[int, str | None, list[str] | None]] = []
+
+    def _lookup(self, table: str, name: str):
+        for scope in reversed(self.scopes):
+            if name in scope[table]:
+                return True, scope[table][name]
+        return False, None
+
+    @staticmethod
+    def _backend_kind(expr) -> str | None:
+        """``host.get("backbones", name)`` -> ``"backbones"``."""
+        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute) and expr.func.attr == "get" and expr.args:
+            first = expr.args[0]
+            if isinstance(first, ast.Constant) and first.value in KINDS:
+                return first.value
+        return None
+
+    def _info(self, expr):
+        """(is a backend's info, its kind or None)."""
+        if isinstance(expr, ast.Attribute) and expr.attr == "info":
+            base = expr.value
+            if isinstance(base, ast.Call):
+                return True, self._backend_kind(base)
+            return True, self._lookup("backends", base.id)[1] if isinstance(base, ast.Name) else None
+        if isinstance(expr, ast.Name):
+            return self._lookup("aliases", expr.id)
+        return False, None
+
+    def visit_FunctionDef(self, node):
+        self.scopes.append({"backends": {}, "aliases": {}})
+        self.funcs.append(node)
+        self.generic_visit(node)
+        self.funcs.pop()
+        self.scopes.pop()
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Assign(self, node):
+        if len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if kind := self._backend_kind(node.value):
+                self.scopes[-1]["backends"][name] = kind
+            is_info, info_kind = self._info(node.value)
+            if is_info and isinstance(node.value, ast.Attribute):
+                self.scopes[-1]["aliases"][name] = info_kind
+        self.generic_visit(node)
+
+    def _record(self, node, info_expr, key) -> None:
+        is_info, kind = self._info(info_expr)
+        if is_info:
+            self.reads.append((node.lineno, kind, self._keys(key)))
+
+    def visit_Call(self, node):
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args:
+            self._record(node, node.func.value, node.args[0])
+        self.generic_visit(node)
+
+    def visit_Subscript(self, node):
+        self._record(node, node.value, node.slice)
+        self.generic_visit(node)
+
+    def visit_Compare(self, node):
+        if len(node.ops) == 1 and isinstance(node.ops[0], (ast.In, ast.NotIn)):
+            self._record(node, node.comparators[0], node.left)
+        self.generic_visit(node)
+
+    def _keys(self, key) -> list[str] | None:
+        """The constants a key expression can be, or None when the scan cannot tell."""
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            return [key.value]
+        if not isinstance(key, ast.Name) or not self.funcs:
+            return None
+        if key.id in [a.arg for a in self.funcs[-1].args.args]:
+            return self._argument_keys(key.id)
+        return self._loop_keys(key.id)
+
+    def _loop_keys(self, name: str) -> list[str] | None:
+        """``for name[, ...] in CONST`` (or ``CONST.items()``, ``CONST.keys()``, or a comprehension's) in
+        an enclosing function."""
+        for func in reversed(self.funcs):
+            for node in ast.walk(func):
+                if not isinstance(node, (ast.For, ast.comprehension)):
+                    continue
+                target = node.target.elts[0] if isinstance(node.target, ast.Tuple) else node.target
+                it = node.iter
+                if isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute) and it.func.attr in ("items", "keys"):
+                    it = it.func.value
+                if isinstance(target, ast.Name) and target.id == name and isinstance(it, ast.Name) and it.id in self.consts:
+                    return self.consts[it.id]
+        return None
+
+    def _argument_keys(self, name: str) -> list[str] | None:
+        """A parameter of the innermost function: the constants every call to it in the module passes."""
+        func = self.funcs[-1]
+        index = [a.arg for a in func.args.args].index(name)
+        found = []
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == func.name:
+                arg = node.args[index] if index < len(node.args) else next(
+                    (k.value for k in node.keywords if k.arg == name), None)
+                if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+                    return None
+                found.append(arg.value)
+        return found or None
+
+
+def info_reads(source: str, filename: str = "<test>") -> list[tuple[int, str | None, list[str] | None]]:
+    tree = ast.parse(source, filename=filename)
+    scan = InfoReads(tree)
+    scan.visit(tree)
+    return scan.reads
+
+
+def undocumented_reads(source: str, filename: str) -> list[str]:
+    """``file:line`` lines for each read of an info key INFO_KEYS does not document (or cannot be resolved)."""
+    bad = []
+    for line, kind, keys in info_reads(source, filename):
+        if keys is None:
+            bad.append(f"{filename}:{line}: reads a backend's info with a key the scan cannot resolve to constants")
+            continue
+        allowed = hookspecs.INFO_KEYS[kind] if kind else {k for d in hookspecs.INFO_KEYS.values() for k in d}
+        for key in keys:
+            if key not in allowed:
+                bad.append(f"{filename}:{line}: reads info key {key!r} of {kind or 'a backend'}, "
+                           "which hookspecs.INFO_KEYS does not document")
+    return bad
+
+
+def test_the_pipeline_reads_only_documented_info_keys():
+    files = sorted(PIPELINE_DIR.rglob("*.py"))
+    bad, seen = [], {}
+    for path in files:
+        rel = str(path.relative_to(PIPELINE_DIR.parent))
+        source = path.read_text(encoding="utf-8")
+        bad += undocumented_reads(source, rel)
+        seen[rel] = info_reads(source, rel)
+    assert not bad, "\n".join(bad)
+    # The scan sees the reads this test exists for (not vacuous): the backbone convention, train, pool, gan.
+    found = {(Path(f).name, key) for f, reads in seen.items() for _, _, keys in reads for key in keys or []}
+    assert {("models.py", "input"), ("models.py", "receptive_field"), ("models.py", "size_multiple"),
+            ("train.py", "needs_kernels"), ("train.py", "init_allowed"), ("pool.py", "origin"),
+            ("gan.py", "trainable")} <= found
+
+
+def test_the_info_scan_catches_undocumented_and_unresolved_keys():
+    source = textwrap.dedent("""
+        ORDER = ("input", "tile_size")
+
+        def direct(host, name):
+            bb = host.get("backbones", name)
+            return bb.info.get("tile_size"), host.get("degradations", "x").info["needs_kernels"]
+
+        def aliased(host):
+            info = host.get("generators", "g").info
+            return "trainable" in info, info["input"]
+
+        def looped(backend):
+            info = backend.info
+            return [info.get(key) for key in ORDER]
+
+        def computed(backend, which):
+            return backend.info.get(which + "_x")
+
+        def unrelated(log, step):
+            log.info("step %d", step)
+            info = {"step": step}
+            return info["step"]
+        """)
+    bad = undocumented_reads(source, "m.py")
+    assert bad == [
+        "m.py:6: reads info key 'tile_size' of backbones, which hookspecs.INFO_KEYS does not document",
+        "m.py:10: reads info key 'input' of generators, which hookspecs.INFO_KEYS does not document",
+        "m.py:14: reads info key 'tile_size' of a backend, which hookspecs.INFO_KEYS does not document",
+        "m.py:17: reads a backend's info with a key the scan cannot resolve to constants",
+    ]
+    kinds = {(line, kind) for line, kind, _ in info_reads(source)}
+    assert (6, "degradations") in kinds and (10, "generators") in kinds
