@@ -430,19 +430,15 @@ def score_model(srm, lr: np.ndarray, hr: np.ndarray, bit_depth: int, *, device: 
     """
     from kmsr_ops.metrics import psnr, ssim
 
-    from .infer import super_resolve
+    from .infer import default_overlap, super_resolve
 
     s = int(srm.scale)
-    out = super_resolve(srm, lr, tile=tile, overlap=_overlap(srm), device=device, bit_depth=bit_depth)
+    out = super_resolve(srm, lr, tile=tile, overlap=default_overlap(srm.receptive_field), device=device,
+                        bit_depth=bit_depth)
     sr255 = out.astype(np.float64) * (255.0 / (255.0 if bit_depth == 8 else 65535.0))
     hr255 = hr * 255.0
     return (out, psnr(hr255, sr255, crop_border=s, test_y_channel=True),
             ssim(hr255, sr255, crop_border=s, test_y_channel=True))
-
-
-def _overlap(srm) -> int:
-    """A tile margin of the receptive-field radius makes tiled output equal untiled output."""
-    return srm.receptive_field // 2 + 1 if srm.receptive_field else 16
 
 
 def _write(write_png, path: Path, pixels: np.ndarray, bit_depth: int) -> None:

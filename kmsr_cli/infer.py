@@ -109,6 +109,16 @@ def plan_tiles(out_h: int, out_w: int, tile: int) -> list[Tile]:
     return tiles
 
 
+# The tile margin when the receptive field is unknown (0).
+DEFAULT_OVERLAP = 16
+
+
+def default_overlap(receptive_field: int) -> int:
+    """The tile margin, in network-input pixels, that makes tiled output equal untiled output:
+    the receptive-field radius plus one; :data:`DEFAULT_OVERLAP` when the field is unknown (0)."""
+    return receptive_field // 2 + 1 if receptive_field else DEFAULT_OVERLAP
+
+
 def _rgb(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """(H, W, C) in [0, 1] → RGB float64, alpha or None, whether the input was grey."""
     if pixels.ndim == 2:
