@@ -17,7 +17,7 @@ Run folder (``-o RUN_DIR``):
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the same command trains with DistributedDataParallel:
 gloo on the CPU, NCCL on GPUs; ``--batch`` is the global batch, split over the processes, and
-rank 0 writes the run folder.
+rank 0 writes the run folder. :class:`SRTrainer` is the run.
 """
 
 from __future__ import annotations
@@ -101,6 +101,15 @@ class TrainConfig:
         if self.patch % self.scale:
             raise KmsrInputError(f"patch: {self.patch} is not a multiple of the scale {self.scale}")
         return self
+
+
+def check_train_memory(cfg: TrainConfig) -> None:
+    """Refuse, before anything is built, a --batch and --patch the machine's memory cannot hold."""
+    from .limits import check_memory
+
+    # HR patches, their inputs, the outputs and the gradients: at least 4 float32 RGB copies.
+    check_memory(4 * 4 * 3 * float(cfg.batch) * cfg.patch * cfg.patch, f"train --batch {cfg.batch} --patch {cfg.patch}",
+                 hint="a smaller --batch or --patch")
 
 
 # --------------------------------------------------------------------------- data
@@ -341,27 +350,6 @@ def _group_active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def run_training(cfg: TrainConfig, host, *, on_step: Callable[[dict], None] | None = None,
-                 on_epoch: Callable[[dict], None] | None = None, resume: bool = False,
-                 log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train; returns a summary. ``on_step(info)`` after each step (rank 0 only).
-
-    Under torchrun the process group is created here when the caller has not made one, and torn down
-    here too after a successful run: every rank waits for the others, then destroys the group before
-    the interpreter exits. Left to interpreter shutdown, gloo's worker threads abort the process
-    ("terminate called without an active exception", pytorch/pytorch#190489). After a failure the
-    group is left alone: destroying it while other ranks sit in a collective can hang.
-    """
-    owned = not _group_active()
-    result = _run_training(cfg, host, on_step=on_step, on_epoch=on_epoch, resume=resume, log=log)
-    if owned and _group_active():
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
-    return result
-
-
 def _comparable(key: str, value):
     """A saved or given --pool / --data value in a form that compares equal for the same files."""
     def norm(p):
@@ -382,297 +370,433 @@ def _shown(value) -> str:
     return str(value)
 
 
-def _run_training(cfg: TrainConfig, host, *, on_step, on_epoch, resume: bool, log) -> TrainResult:
-    import torch
+def _init_sha256(init: str | None) -> str | None:
+    """SHA-256 of the --init file (a checkpoint, or the WEIGHTS of NAME:WEIGHTS); None without one."""
+    if not init:
+        return None
+    init_file = init.split(":", 1)[1] if (":" in init and not Path(init).exists()) else init
+    return file_sha256(init_file) if Path(init_file).is_file() else None
 
-    from .checkpoint import load_training_state, save_model, short_reason
-    from .kernelset import KernelSet
 
-    cfg.resolve()
-    log = log or (lambda msg: None)
-    rank, world, local_rank = dist_info()
-    distributed = world > 1
-    device = cfg.device
-    if distributed:
-        import torch.distributed as dist
+class SRTrainer:
+    """One SR training run: network, degradation, data, optimiser, random streams and run folder.
 
-        if cfg.batch % world:
-            raise KmsrInputError(f"batch: {cfg.batch} does not split over {world} processes")
-        if device.startswith("cuda"):
-            device = f"cuda:{local_rank}"
-            torch.cuda.set_device(local_rank)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    per_rank_batch = cfg.batch // world
-    dev = torch.device(device)
-    run_dir = Path(cfg.out)
+    Built from a :class:`TrainConfig` in the order its checks should fail (options, scale, the
+    backbone's convention, ``--init``, the pool, the patch size, the data), then, with
+    ``resume=True``, restored from the run folder's ``state.pt`` (:meth:`load_state`, after the
+    saved configuration, data and pool fingerprint are checked against this one). :meth:`run`
+    trains to the end of the schedule, ``--max-steps`` or the time budget; it is made of
+    :meth:`step`, :meth:`validate` (each epoch) and :meth:`save` (checkpoints).
+    """
 
-    # ---- backbone and its convention
-    bb = host.get("backbones", cfg.backbone)
-    dg = host.get("degradations", cfg.degradation)
-    # Unknown options fail here, before anything is built, naming the options there are.
-    check_options(bb, cfg.backbone_options, "--option")
-    check_options(dg, cfg.degradation_options, "--degradation-option",
-                  internal=("kernels",) if dg.info.get("needs_kernels") else ())
-    scales = bb.info.get("scales")
-    if scales and cfg.scale not in scales:
-        raise CliError(f"backbone {cfg.backbone!r} supports scales {scales}, not x{cfg.scale}")
-    if cfg.backbone_options.get("weights") is not None:
-        _refuse_comparison_only(bb, f"--option weights={cfg.backbone_options['weights']}")
-    backbone_convention(bb, scale=cfg.scale)  # the registration is complete, before anything is built
-    torch.manual_seed(cfg.seed)
-    # What the model is built with; saved with it when the module does not carry its own options.
-    build_options = {**bb.info.get("options", {}), **cfg.backbone_options}
-    model = create_with_options(bb, cfg.backbone_options, "--option", scale=cfg.scale, **cfg.backbone_options).to(dev)
-    conv = backbone_convention(bb, model, scale=cfg.scale)
-    own = getattr(model, "options", None)
-    save_options = dict(own) if isinstance(own, dict) else build_options
-    init_info = None
-    if cfg.init and not resume:
-        init_info = initialise_from(model, cfg.init, backbone=cfg.backbone, scale=cfg.scale, host=host)
-        log(f"initialised from {cfg.init} ({init_info['tensors']} tensors)")
+    def __init__(self, cfg: TrainConfig, host, *, resume: bool = False, log: Callable[[str], None] | None = None):
+        self.cfg = cfg.resolve()
+        self.log = log or (lambda msg: None)
+        self._setup_distributed()
+        self.run_dir = Path(cfg.out)
+        self.state_path = self.run_dir / "state.pt"
+        self._build_model(host, resume=resume)
+        self._build_degradation(host)
+        self._load_data()
+        self._build_optimiser()
+        self.iteration, self.best, self.history = 0, None, []
+        self.t0 = time.perf_counter()
+        if resume:
+            self.load_state(self._read_state())
+            self.log(f"resuming {self.run_dir} at step {self.iteration}")
+        elif self.state_path.exists():
+            raise CliError(f"{self.run_dir} already holds a training run",
+                           hint="add --resume to continue it, or choose another -o")
+        if self.rank == 0:
+            self._write_config()
+        self.init_sha = _init_sha256(cfg.init)
 
-    # ---- degradation, with the pool's kernels when it needs them
-    dopts = dict(cfg.degradation_options)
-    pool_fp = None
-    if dg.info.get("needs_kernels"):
-        if not cfg.pool:
-            raise CliError(f"degradation {cfg.degradation!r} draws kernels from a pool: give --pool POOL.h5",
-                           hint="kmsr pool synth --family motion -o pool.h5  (a synthetic pool to start with)")
-        with KernelSet(cfg.pool) as ks:
-            if ks.scale != cfg.scale:
-                raise CliError(f"{cfg.pool}: the pool holds x{ks.scale} kernels, but --scale is {cfg.scale}; "
-                               "kernels are specific to the scale they were estimated at")
-            dopts["kernels"] = ks.kernels()
-        pool_fp = file_sha256(cfg.pool)
-    elif cfg.pool:
-        raise CliError(f"degradation {cfg.degradation!r} does not use a pool; drop --pool or use --degradation pool")
-    degrade = create_with_options(dg, cfg.degradation_options, "--degradation-option",
-                                  scale=cfg.scale, input=conv.input, channels=conv.channels, **dopts)
-    multiple = int(getattr(degrade, "hr_multiple", cfg.scale))
-    # The network input (LR for "lr" backbones) must have sides that are multiples of size_multiple.
-    multiple = math.lcm(multiple, conv.size_multiple * (cfg.scale if conv.input == "lr" else 1))
-    if cfg.patch % multiple:
-        raise KmsrInputError(f"patch: the {cfg.degradation} degradation and backbone {cfg.backbone!r} at x{cfg.scale} "
-                             f"need HR patches that are multiples of {multiple}, found {cfg.patch}; "
-                             f"try --patch {cfg.patch - cfg.patch % multiple}")
+    # ---------------------------------------------------------------- building
+    def _setup_distributed(self) -> None:
+        import torch
 
-    # ---- data
-    images, names = load_hr_images(cfg.data, default=SKIMAGE_TRAIN)
-    val_images, val_names = load_hr_images(cfg.val, default=SKIMAGE_VAL) if (cfg.val or not cfg.data) else ([], [])
-    g_data = torch.Generator().manual_seed(cfg.seed * 1000 + 2 * rank + 1)
-    g_deg = torch.Generator().manual_seed(cfg.seed * 1000 + 2 * rank + 2)
-    sampler = PatchSampler(images, cfg.patch, g_data)
+        cfg = self.cfg
+        self.rank, self.world, self.local_rank = dist_info()
+        self.distributed = self.world > 1
+        device = cfg.device
+        if self.distributed:
+            import torch.distributed as dist
 
-    # ---- optimisation
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+            if cfg.batch % self.world:
+                raise KmsrInputError(f"batch: {cfg.batch} does not split over {self.world} processes")
+            if device.startswith("cuda"):
+                device = f"cuda:{self.local_rank}"
+                torch.cuda.set_device(self.local_rank)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        self.device = torch.device(device)
 
-        net = DDP(model, device_ids=[local_rank] if dev.type == "cuda" else None)
-    else:
-        net = model
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    step_size = cfg.lr_step_epochs * cfg.iters_per_epoch
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=cfg.lr_gamma)
-    loss_fn = torch.nn.L1Loss() if cfg.loss == "l1" else torch.nn.MSELoss()
-    use_amp = bool(cfg.amp)
-    amp_dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dev.type == "cuda")
+    def _build_model(self, host, *, resume: bool) -> None:
+        import torch
 
-    step, best, history = 0, None, []
-    state_path = run_dir / "state.pt"
-    if resume:
-        if not state_path.exists():
-            raise CliError(f"{state_path}: nothing to resume (no state.pt in the run folder)",
-                           hint="drop --resume to start a new run")
-        hint = (f"start a new run with another -o (--init {run_dir / 'model.safetensors'} keeps the last saved "
+        cfg = self.cfg
+        bb = host.get("backbones", cfg.backbone)
+        self.dg = dg = host.get("degradations", cfg.degradation)
+        # Unknown options fail here, before anything is built, naming the options there are.
+        check_options(bb, cfg.backbone_options, "--option")
+        check_options(dg, cfg.degradation_options, "--degradation-option",
+                      internal=("kernels",) if dg.info.get("needs_kernels") else ())
+        scales = bb.info.get("scales")
+        if scales and cfg.scale not in scales:
+            raise CliError(f"backbone {cfg.backbone!r} supports scales {scales}, not x{cfg.scale}")
+        if cfg.backbone_options.get("weights") is not None:
+            _refuse_comparison_only(bb, f"--option weights={cfg.backbone_options['weights']}")
+        backbone_convention(bb, scale=cfg.scale)  # the registration is complete, before anything is built
+        torch.manual_seed(cfg.seed)
+        # What the model is built with; saved with it when the module does not carry its own options.
+        build_options = {**bb.info.get("options", {}), **cfg.backbone_options}
+        self.model = create_with_options(bb, cfg.backbone_options, "--option", scale=cfg.scale,
+                                         **cfg.backbone_options).to(self.device)
+        self.conv = backbone_convention(bb, self.model, scale=cfg.scale)
+        own = getattr(self.model, "options", None)
+        self.save_options = dict(own) if isinstance(own, dict) else build_options
+        self.init_info = None
+        if cfg.init and not resume:
+            self.init_info = initialise_from(self.model, cfg.init, backbone=cfg.backbone, scale=cfg.scale, host=host)
+            self.log(f"initialised from {cfg.init} ({self.init_info['tensors']} tensors)")
+
+    def _build_degradation(self, host) -> None:
+        """The degradation, with the pool's kernels when it needs them, and the HR patch multiple."""
+        from .kernelset import KernelSet
+
+        cfg, dg, conv = self.cfg, self.dg, self.conv
+        dopts = dict(cfg.degradation_options)
+        self.pool_fp = None
+        if dg.info.get("needs_kernels"):
+            if not cfg.pool:
+                raise CliError(f"degradation {cfg.degradation!r} draws kernels from a pool: give --pool POOL.h5",
+                               hint="kmsr pool synth --family motion -o pool.h5  (a synthetic pool to start with)")
+            with KernelSet(cfg.pool) as ks:
+                if ks.scale != cfg.scale:
+                    raise CliError(f"{cfg.pool}: the pool holds x{ks.scale} kernels, but --scale is {cfg.scale}; "
+                                   "kernels are specific to the scale they were estimated at")
+                dopts["kernels"] = ks.kernels()
+            self.pool_fp = file_sha256(cfg.pool)
+        elif cfg.pool:
+            raise CliError(f"degradation {cfg.degradation!r} does not use a pool; drop --pool or use --degradation pool")
+        self.degradation_options = {k: v for k, v in dopts.items() if k != "kernels"}  # for the metadata
+        self.degrade = create_with_options(dg, cfg.degradation_options, "--degradation-option",
+                                           scale=cfg.scale, input=conv.input, channels=conv.channels, **dopts)
+        multiple = int(getattr(self.degrade, "hr_multiple", cfg.scale))
+        # The network input (LR for "lr" backbones) must have sides that are multiples of size_multiple.
+        multiple = math.lcm(multiple, conv.size_multiple * (cfg.scale if conv.input == "lr" else 1))
+        if cfg.patch % multiple:
+            raise KmsrInputError(f"patch: the {cfg.degradation} degradation and backbone {cfg.backbone!r} at x{cfg.scale} "
+                                 f"need HR patches that are multiples of {multiple}, found {cfg.patch}; "
+                                 f"try --patch {cfg.patch - cfg.patch % multiple}")
+        self.multiple = multiple
+
+    def _load_data(self) -> None:
+        import torch
+
+        cfg = self.cfg
+        images, self.train_names = load_hr_images(cfg.data, default=SKIMAGE_TRAIN)
+        self.val_images, self.val_names = (load_hr_images(cfg.val, default=SKIMAGE_VAL) if (cfg.val or not cfg.data)
+                                           else ([], []))
+        self.g_data = torch.Generator().manual_seed(cfg.seed * 1000 + 2 * self.rank + 1)
+        self.g_deg = torch.Generator().manual_seed(cfg.seed * 1000 + 2 * self.rank + 2)
+        self.sampler = PatchSampler(images, cfg.patch, self.g_data)
+
+    def _build_optimiser(self) -> None:
+        import torch
+
+        cfg, dev = self.cfg, self.device
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.net = DDP(self.model, device_ids=[self.local_rank] if dev.type == "cuda" else None)
+        else:
+            self.net = self.model
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        step_size = cfg.lr_step_epochs * cfg.iters_per_epoch
+        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=step_size, gamma=cfg.lr_gamma)
+        self.loss_fn = torch.nn.L1Loss() if cfg.loss == "l1" else torch.nn.MSELoss()
+        self.use_amp = bool(cfg.amp)
+        self.amp_dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and dev.type == "cuda")
+
+    # ---------------------------------------------------------------- resume
+    @property
+    def _resume_hint(self) -> str:
+        return (f"start a new run with another -o (--init {self.run_dir / 'model.safetensors'} keeps the last saved "
                 "weights), or put back a good copy of state.pt")
 
-        def damaged(why: str) -> CliError:
-            return CliError(f"{state_path}: the training state is damaged ({why}); it cannot be resumed", hint=hint)
+    def _damaged(self, why: str) -> CliError:
+        return CliError(f"{self.state_path}: the training state is damaged ({why}); it cannot be resumed",
+                        hint=self._resume_hint)
 
-        state = load_training_state(state_path, hint=hint)
+    def _read_state(self) -> dict:
+        """state.pt, checked to be whole and to belong to this configuration."""
+        from .checkpoint import load_training_state, short_reason
+
+        if not self.state_path.exists():
+            raise CliError(f"{self.state_path}: nothing to resume (no state.pt in the run folder)",
+                           hint="drop --resume to start a new run")
+        state = load_training_state(self.state_path, hint=self._resume_hint)
         if not isinstance(state, dict):
-            raise damaged(f"it holds a {type(state).__name__}, not the state's entries")
+            raise self._damaged(f"it holds a {type(state).__name__}, not the state's entries")
         missing = [k for k in _STATE_KEYS if k not in state]
         if missing:
-            raise damaged(f"no {missing[0]!r} entry")
+            raise self._damaged(f"no {missing[0]!r} entry")
         try:
             saved_cfg = json.loads(bytes(state["config_json"].tolist()).decode())
             if not isinstance(saved_cfg, dict):
                 raise ValueError(f"a JSON {type(saved_cfg).__name__}, not an object")
         except Exception as exc:  # noqa: BLE001 - any failure here is a damaged file
-            raise damaged(f"its configuration cannot be read: {short_reason(str(exc)) or type(exc).__name__}") from None
+            raise self._damaged(f"its configuration cannot be read: {short_reason(str(exc)) or type(exc).__name__}") from None
+        self._check_saved_config(saved_cfg)
+        return state
+
+    def _check_saved_config(self, saved_cfg: dict) -> None:
+        """Refuse a resume with other settings, data or pool; the run keeps its original --init."""
+        cfg, where = self.cfg, self.state_path
         for key in ("backbone", "degradation", "scale", "backbone_options", "patch", "batch"):
             if saved_cfg.get(key) != getattr(cfg, key):
-                raise CliError(f"{state_path}: the run was started with {key}={saved_cfg.get(key)!r}, "
+                raise CliError(f"{where}: the run was started with {key}={saved_cfg.get(key)!r}, "
                                f"not {getattr(cfg, key)!r}; resume with the same settings")
         # The starting weights belong to the run: a resume keeps the original --init in the metadata.
         if cfg.init and cfg.init != saved_cfg.get("init"):
-            raise CliError(f"{state_path}: the run was started with --init {saved_cfg.get('init')!r}, not {cfg.init!r}; "
+            raise CliError(f"{where}: the run was started with --init {saved_cfg.get('init')!r}, not {cfg.init!r}; "
                            "a resume continues from the checkpoint (drop --init)")
         cfg.init = saved_cfg.get("init")
         # The data too: resuming on another pool or other images would silently change the run.
         for key, flag in (("pool", "--pool"), ("data", "--data"), ("degradation_options", "--degradation-option")):
             was, now = _comparable(key, saved_cfg.get(key)), _comparable(key, getattr(cfg, key))
             if was != now:
-                raise CliError(f"{state_path}: the run was started with {flag} {_shown(saved_cfg.get(key))}, "
+                raise CliError(f"{where}: the run was started with {flag} {_shown(saved_cfg.get(key))}, "
                                f"not {_shown(getattr(cfg, key))}; resume with the same {flag}",
                                hint="drop --resume and choose another -o to train on other data")
         # The same pool path holding other kernels (rebuilt, or replaced by another file) is another run.
         was_fp = saved_cfg.get("pool_fingerprint")
-        if was_fp is not None and was_fp != pool_fp:
-            raise CliError(f"{state_path}: the pool {cfg.pool} has changed since the run started "
-                           f"(SHA-256 {str(was_fp)[:12]}…, now {str(pool_fp)[:12]}…); resume with the pool it was started on",
-                           hint="drop --resume and choose another -o to train on the new pool")
+        if was_fp is not None and was_fp != self.pool_fp:
+            raise CliError(f"{where}: the pool {cfg.pool} has changed since the run started "
+                           f"(SHA-256 {str(was_fp)[:12]}…, now {str(self.pool_fp)[:12]}…); resume with the pool it "
+                           "was started on", hint="drop --resume and choose another -o to train on the new pool")
+
+    def load_state(self, state: dict) -> None:
+        """Restore weights, optimiser, schedule, this rank's random streams, step, best and validation history."""
+        from .checkpoint import short_reason
+
+        r = self.rank
         try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            g_data.set_state(state[f"g_data_{rank}"] if f"g_data_{rank}" in state else state["g_data_0"])
-            g_deg.set_state(state[f"g_deg_{rank}"] if f"g_deg_{rank}" in state else state["g_deg_0"])
-            step = int(state["step"])
-            best = float(state["best"]) if float(state["best"]) == float(state["best"]) else None
-            history = [float(v) for v in state["val_history"].tolist()]
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.g_data.set_state(state[f"g_data_{r}"] if f"g_data_{r}" in state else state["g_data_0"])
+            self.g_deg.set_state(state[f"g_deg_{r}"] if f"g_deg_{r}" in state else state["g_deg_0"])
+            self.iteration = int(state["step"])
+            best = float(state["best"])
+            self.best = None if math.isnan(best) else best
+            self.history = [float(v) for v in state["val_history"].tolist()]
         except Exception as exc:  # noqa: BLE001 - wrong shapes, types or entries: the file does not fit this run
-            raise damaged(f"{type(exc).__name__}: {short_reason(str(exc))}") from None
-        log(f"resuming {run_dir} at step {step}")
-    elif state_path.exists():
-        raise CliError(f"{run_dir} already holds a training run", hint="add --resume to continue it, or choose another -o")
+            raise self._damaged(f"{type(exc).__name__}: {short_reason(str(exc))}") from None
 
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_text = json.dumps({**asdict(cfg), "train_images": names, "val_images": val_names,
-                                  "world_size": world, "pool_fingerprint": pool_fp}, indent=2)
-        replace_atomically(run_dir / "config.json", lambda tmp: Path(tmp).write_text(config_text))
+    # ---------------------------------------------------------------- state and files
+    def _generator_states(self) -> dict:
+        """Every rank's random streams, ``g_data_R`` and ``g_deg_R``; collective under DDP."""
+        if not self.distributed:
+            return {"g_data_0": self.g_data.get_state(), "g_deg_0": self.g_deg.get_state()}
+        import torch.distributed as dist
 
-    init_sha = None
-    if cfg.init:
-        init_file = cfg.init.split(":", 1)[1] if (":" in cfg.init and not Path(cfg.init).exists()) else cfg.init
-        init_sha = file_sha256(init_file) if Path(init_file).is_file() else None
-
-    def meta_extra():
-        deg_opts = {k: v for k, v in dopts.items() if k != "kernels"}
-        return {"degradation": {"name": cfg.degradation, "options": deg_opts}, "pool": cfg.pool, "init": cfg.init,
-                "init_sha256": init_sha,
-                "pool_fingerprint": pool_fp, "step": step, "preset": cfg.preset, "loss": cfg.loss,
-                "val_psnr_y": history[-1] if history else None}
-
-    def save(kind: str) -> None:
-        # Every rank calls this (the generator states are gathered collectively); rank 0 writes.
+        states = [None] * self.world
+        dist.all_gather_object(states, (self.g_data.get_state(), self.g_deg.get_state()))
         gens = {}
-        if kind in ("latest", "both"):
-            if distributed:
-                import torch.distributed as dist
+        for r, (a, b) in enumerate(states):
+            gens[f"g_data_{r}"], gens[f"g_deg_{r}"] = a, b
+        return gens
 
-                states = [None] * world
-                dist.all_gather_object(states, (g_data.get_state(), g_deg.get_state()))
-                for r, (a, b) in enumerate(states):
-                    gens[f"g_data_{r}"], gens[f"g_deg_{r}"] = a, b
-            else:
-                gens = {"g_data_0": g_data.get_state(), "g_deg_0": g_deg.get_state()}
-        if rank != 0:
+    def state_dict(self) -> dict:
+        """What state.pt holds: tensors only (read back with ``weights_only=True``). Collective under DDP."""
+        import torch
+
+        gens = self._generator_states()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "step": torch.tensor(self.iteration),
+            "best": torch.tensor(float("nan") if self.best is None else self.best),
+            "val_history": torch.tensor(self.history, dtype=torch.float64),
+            "config_json": torch.tensor(list(json.dumps({**asdict(self.cfg), "pool_fingerprint": self.pool_fp}).encode()),
+                                        dtype=torch.uint8),
+            **gens,
+        }
+
+    def meta_extra(self) -> dict:
+        """The ``extra`` metadata of model.safetensors and best.safetensors."""
+        cfg = self.cfg
+        return {"degradation": {"name": cfg.degradation, "options": self.degradation_options}, "pool": cfg.pool,
+                "init": cfg.init, "init_sha256": self.init_sha,
+                "pool_fingerprint": self.pool_fp, "step": self.iteration, "preset": cfg.preset, "loss": cfg.loss,
+                "val_psnr_y": self.history[-1] if self.history else None}
+
+    def save(self, kind: str = "latest") -> None:
+        """``latest``: state.pt, then model.safetensors; ``best``: best.safetensors; ``both``.
+
+        Every rank calls it (the random streams are gathered collectively); rank 0 writes, each file
+        through :func:`replace_atomically`.
+        """
+        import torch
+
+        from .checkpoint import save_model
+
+        latest = kind in ("latest", "both")
+        state = self.state_dict() if latest else None
+        if self.rank != 0:
             return
-        extra = meta_extra()
-        if kind in ("latest", "both"):
-            state = {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "step": torch.tensor(step),
-                "best": torch.tensor(float("nan") if best is None else best),
-                "val_history": torch.tensor(history, dtype=torch.float64),
-                "config_json": torch.tensor(list(json.dumps({**asdict(cfg), "pool_fingerprint": pool_fp}).encode()),
-                                            dtype=torch.uint8),
-                **gens,
-            }
-            replace_atomically(state_path, lambda tmp: torch.save(state, tmp), fsync=True)
-            save_model(run_dir / "model.safetensors", model, backbone=cfg.backbone, scale=cfg.scale,
-                       options=save_options, extra=extra)
+        extra = self.meta_extra()
+        model_args = {"backbone": self.cfg.backbone, "scale": self.cfg.scale, "options": self.save_options, "extra": extra}
+        if latest:
+            replace_atomically(self.state_path, lambda tmp: torch.save(state, tmp), fsync=True)
+            save_model(self.run_dir / "model.safetensors", self.model, **model_args)
         if kind in ("best", "both"):
-            save_model(run_dir / "best.safetensors", model, backbone=cfg.backbone, scale=cfg.scale,
-                       options=save_options, extra=extra)
+            save_model(self.run_dir / "best.safetensors", self.model, **model_args)
 
-    def validate() -> float | None:
-        if not val_images:
+    def _write_config(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_text = json.dumps({**asdict(self.cfg), "train_images": self.train_names, "val_images": self.val_names,
+                                  "world_size": self.world, "pool_fingerprint": self.pool_fp}, indent=2)
+        replace_atomically(self.run_dir / "config.json", lambda tmp: Path(tmp).write_text(config_text), fsync=True)
+
+    def _append_log(self, record: dict) -> None:
+        """One line of log.jsonl: an append (the earlier lines stay), flushed to disk."""
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    # ---------------------------------------------------------------- training
+    def validate(self) -> float | None:
+        """Mean Y-PSNR of the validation images' centre crops, degraded with a fixed seed; None without images."""
+        if not self.val_images:
             return None
+        import torch
+
         from kmsr_ops.resize import modcrop
 
+        cfg = self.cfg
         g_val = torch.Generator().manual_seed(12345)
         vals = []
-        model.eval()
+        self.model.eval()
         with torch.no_grad():
-            for im in val_images:
+            for im in self.val_images:
                 im = modcrop(im, cfg.scale)
                 c = min(cfg.val_crop, im.shape[0], im.shape[1])
-                c -= c % multiple
+                c -= c % self.multiple
                 top, left = (im.shape[0] - c) // 2, (im.shape[1] - c) // 2
                 hr = torch.from_numpy(np.ascontiguousarray(im[top : top + c, left : left + c].transpose(2, 0, 1)))
-                hr = hr[None].to(dev, torch.float32) / 255
-                x, y = degrade(hr, g_val)
-                vals.append(_y_psnr(model(x), y, cfg.scale))
-        model.train()
+                hr = hr[None].to(self.device, torch.float32) / 255
+                x, y = self.degrade(hr, g_val)
+                vals.append(_y_psnr(self.model(x), y, cfg.scale))
+        self.model.train()
         return float(np.mean(vals))
 
-    total_steps = cfg.epochs * cfg.iters_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, step + cfg.max_steps)
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    model.train()
-    last_loss = float("nan")
-    while step < total_steps:
-        if cfg.time_budget is not None:
-            spent = torch.tensor([float(time.perf_counter() - t0 >= cfg.time_budget)])
-            if distributed:  # every rank must stop at the same step
-                import torch.distributed as dist
+    def step(self) -> float:
+        """One optimisation step on this rank's share of the batch; returns this rank's loss."""
+        import torch
 
-                dist.all_reduce(spent, op=dist.ReduceOp.MAX)
-            if spent.item():
-                log(f"time budget of {cfg.time_budget:.0f} s spent at step {step}; stopping")
-                break
-        hr = sampler(per_rank_batch).to(dev, non_blocking=True).float().div_(255)
+        hr = self.sampler(self.cfg.batch // self.world).to(self.device, non_blocking=True).float().div_(255)
         with torch.no_grad():
-            x, y = degrade(hr, g_deg)
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-            out = net(x)
-            loss = loss_fn(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        if scaler.is_enabled():
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            x, y = self.degrade(hr, self.g_deg)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            out = self.net(x)
+            loss = self.loss_fn(out.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
         else:
             loss.backward()
-            opt.step()
-        sched.step()
-        step += 1
-        last_loss = float(loss.detach())
-        losses.append(last_loss)
-        if not math.isfinite(last_loss):
-            raise CliError(f"training diverged at step {step} (loss {last_loss}); lower --lr", hint=None)
-        if on_step and rank == 0:
-            on_step({"step": step, "total": total_steps, "loss": last_loss, "lr": sched.get_last_lr()[0]})
-        end_of_epoch = step % cfg.iters_per_epoch == 0
-        if end_of_epoch:
-            v = validate()
-            if v is not None:
-                history.append(v)
-                improved = best is None or v > best
-                best = v if improved else best
-                if improved:
-                    save("best")
-            if rank == 0:
-                with open(run_dir / "log.jsonl", "a") as f:
-                    f.write(json.dumps({"epoch": step // cfg.iters_per_epoch, "step": step, "loss": last_loss,
-                                        "lr": sched.get_last_lr()[0], "val_psnr_y": v,
-                                        "seconds": round(time.perf_counter() - t0, 2)}) + "\n")
-            if on_epoch and rank == 0:
-                on_epoch({"epoch": step // cfg.iters_per_epoch, "val_psnr": v, "loss": last_loss})
-            save("latest")
-        elif cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            save("latest")
-    if step % cfg.iters_per_epoch:
-        save("latest")
-    return TrainResult(str(run_dir), step, step // cfg.iters_per_epoch, last_loss, best, history,
-                       round(time.perf_counter() - t0, 2), losses)
+            self.opt.step()
+        self.sched.step()
+        self.iteration += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise CliError(f"training diverged at step {self.iteration} (loss {value}); lower --lr", hint=None)
+        return value
+
+    def _budget_spent(self) -> bool:
+        """Whether the time budget is spent; under DDP, on any rank (every rank must stop at the same step)."""
+        if self.cfg.time_budget is None:
+            return False
+        import torch
+
+        spent = torch.tensor([float(time.perf_counter() - self.t0 >= self.cfg.time_budget)])
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(spent, op=dist.ReduceOp.MAX)
+        return bool(spent.item())
+
+    def _end_epoch(self, loss: float, on_epoch: Callable[[dict], None] | None) -> None:
+        """Validate, keep the best weights, log the epoch, report it, checkpoint."""
+        cfg = self.cfg
+        v = self.validate()
+        if v is not None:
+            self.history.append(v)
+            if self.best is None or v > self.best:
+                self.best = v
+                self.save("best")
+        epoch = self.iteration // cfg.iters_per_epoch
+        if self.rank == 0:
+            self._append_log({"epoch": epoch, "step": self.iteration, "loss": loss, "lr": self.sched.get_last_lr()[0],
+                              "val_psnr_y": v, "seconds": round(time.perf_counter() - self.t0, 2)})
+            if on_epoch:
+                on_epoch({"epoch": epoch, "val_psnr": v, "loss": loss})
+        self.save("latest")
+
+    def run(self, *, on_step: Callable[[dict], None] | None = None,
+            on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+        """Train to the end of the schedule (or ``max_steps`` more steps, or the time budget), checkpointing
+        each epoch, every ``checkpoint_every`` steps and at the end. ``on_step`` / ``on_epoch`` on rank 0."""
+        cfg = self.cfg
+        total_steps = cfg.epochs * cfg.iters_per_epoch
+        if cfg.max_steps is not None:
+            total_steps = min(total_steps, self.iteration + cfg.max_steps)
+        losses: list[float] = []
+        self.t0 = time.perf_counter()
+        self.model.train()
+        loss = float("nan")
+        while self.iteration < total_steps:
+            if self._budget_spent():
+                self.log(f"time budget of {cfg.time_budget:.0f} s spent at step {self.iteration}; stopping")
+                break
+            loss = self.step()
+            losses.append(loss)
+            if on_step and self.rank == 0:
+                on_step({"step": self.iteration, "total": total_steps, "loss": loss, "lr": self.sched.get_last_lr()[0]})
+            if self.iteration % cfg.iters_per_epoch == 0:
+                self._end_epoch(loss, on_epoch)
+            elif cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
+                self.save("latest")
+        if self.iteration % cfg.iters_per_epoch:
+            self.save("latest")
+        return TrainResult(str(self.run_dir), self.iteration, self.iteration // cfg.iters_per_epoch, loss, self.best,
+                           self.history, round(time.perf_counter() - self.t0, 2), losses)
+
+
+def run_training(cfg: TrainConfig, host, *, on_step: Callable[[dict], None] | None = None,
+                 on_epoch: Callable[[dict], None] | None = None, resume: bool = False,
+                 log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train with an :class:`SRTrainer`; returns a summary. ``on_step(info)`` after each step (rank 0 only).
+
+    Under torchrun the process group is created here when the caller has not made one, and torn down
+    here too after a successful run: every rank waits for the others, then destroys the group before
+    the interpreter exits. Left to interpreter shutdown, gloo's worker threads abort the process
+    ("terminate called without an active exception", pytorch/pytorch#190489). After a failure the
+    group is left alone: destroying it while other ranks sit in a collective can hang.
+    """
+    owned = not _group_active()
+    result = SRTrainer(cfg, host, resume=resume, log=log).run(on_step=on_step, on_epoch=on_epoch)
+    if owned and _group_active():
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return result

@@ -60,7 +60,7 @@ def train(
 
     from ..atomic import check_output_folder
     from ..plugin_host import get_host
-    from ..train import TrainConfig, dist_info, run_training
+    from ..train import TrainConfig, check_train_memory, dist_info, run_training
 
     check_output_folder(out, "-o")
     cfg = TrainConfig(
@@ -69,19 +69,24 @@ def train(
         degradation_options=parse_key_values(degradation_option, "--degradation-option"),
         pool=str(pool) if pool else None, data=list(data or []), val=list(val or []), preset=preset,
         patch=patch, batch=batch, epochs=epochs, iters_per_epoch=iters_per_epoch, lr=lr,
-        lr_step_epochs=lr_halve_every, loss=loss, seed=seed, device=resolve_device(device), amp=amp,
+        # --lr-halve-every N: the rate halves every N epochs, whatever the preset's factor.
+        lr_step_epochs=lr_halve_every, lr_gamma=None if lr_halve_every is None else 0.5,
+        loss=loss, seed=seed, device=resolve_device(device), amp=amp,
         checkpoint_every=checkpoint_every, init=init, time_budget=time_budget * 60 if time_budget is not None else None,
     ).resolve()
-    from ..limits import check_memory
-
-    # HR patches, their inputs, the outputs and the gradients: at least 4 float32 RGB copies.
-    check_memory(4 * 4 * 3 * float(cfg.batch) * cfg.patch * cfg.patch, f"train --batch {cfg.batch} --patch {cfg.patch}",
-                 hint="a smaller --batch or --patch")
-    if lr_halve_every is not None:
-        cfg.lr_gamma = 0.5
+    check_train_memory(cfg)
     rank, world, _ = dist_info()
-    host = get_host()
     quiet = json or rank != 0
+    result = _train_with_progress(cfg, get_host(), run_training, resume=resume, quiet=quiet)
+    if rank != 0:
+        _leave_distributed_run()
+    _report(result, json)
+    if world > 1:
+        _leave_distributed_run()
+
+
+def _train_with_progress(cfg, host, run_training, *, resume: bool, quiet: bool):
+    """``run_training`` under a progress bar (steps, loss, learning rate) and a line per epoch."""
     with make_progress(json_mode=quiet, extra_columns=(TextColumn("{task.fields[info]}"),)) as prog:
         task = prog.add_task("training", total=cfg.epochs * cfg.iters_per_epoch, info="")
 
@@ -94,10 +99,12 @@ def train(
             if not quiet:
                 prog.console.print(msg, highlight=False)
 
-        result = run_training(cfg, host, on_step=on_step, on_epoch=on_epoch, resume=resume,
-                              log=lambda m: err.print(escape(m), highlight=False) if not quiet else None)
-    if rank != 0:
-        _leave_distributed_run()
+        return run_training(cfg, host, on_step=on_step, on_epoch=on_epoch, resume=resume,
+                            log=lambda m: err.print(escape(m), highlight=False) if not quiet else None)
+
+
+def _report(result, json: bool) -> None:
+    """The run's summary: a JSON document, or a line on stderr and the model's path on stdout."""
     doc = {"run_dir": result.run_dir, "steps": result.steps, "final_loss": result.final_loss,
            "best_val_psnr_y": result.best_val_psnr, "val_psnr_y": result.val_psnr, "seconds": result.seconds,
            "model": str(Path(result.run_dir) / "model.safetensors")}
@@ -107,8 +114,6 @@ def train(
         best = f", best val Y-PSNR {result.best_val_psnr:.2f} dB" if result.best_val_psnr is not None else ""
         err.print(f"trained {result.steps} steps in {result.seconds:.0f} s{best}", highlight=False)
         typer.echo(doc["model"])
-    if world > 1:
-        _leave_distributed_run()
 
 
 def _leave_distributed_run() -> None:
