@@ -208,6 +208,74 @@ def _trajectory(
     return pts
 
 
+def _smoothing_radius(smooth_sigma: float) -> int:
+    """Half-width of :func:`motion_kernel`'s smoothing taps: ``ceil(2 * sigma)``, 0 when off."""
+    return math.ceil(2.0 * smooth_sigma) if smooth_sigma > 0 else 0
+
+
+def _check_motion_args(size, n_steps, jitter, centripetal, jerk_prob, smooth_sigma, sample_spacing, dtype):
+    """The checked arguments of :func:`motion_kernel`, in its order, and the output dtype."""
+    smooth_sigma = _check_real(smooth_sigma, "smooth_sigma")
+    jitter = _check_real(jitter, "jitter")
+    centripetal = _check_real(centripetal, "centripetal")
+    jerk_prob = _check_real(jerk_prob, "jerk_prob")
+    for label, value in (("smooth_sigma", smooth_sigma), ("jitter", jitter),
+                         ("centripetal", centripetal)):
+        if value < 0:
+            raise KmsrInputError(f"{label}: expected a number >= 0, found {value}")
+    margin = 1 + _smoothing_radius(smooth_sigma)  # splatted points stay this far from the edge
+    size = _check_size(size, minimum=2 * margin + 2)
+    n_steps = _check_size(n_steps, "n_steps", minimum=2)
+    if not (0.0 <= jerk_prob <= 1.0):
+        raise KmsrInputError(f"jerk_prob: expected a probability in [0, 1], found {jerk_prob}")
+    sample_spacing = _check_positive(sample_spacing, "sample_spacing")
+    dt = _check_dtype(dtype)
+    return size, n_steps, jitter, centripetal, jerk_prob, smooth_sigma, sample_spacing, dt
+
+
+def _motion_path(n_steps: int, rng: np.random.Generator, jitter: float, centripetal: float,
+                 jerk_prob: float, length: float, sample_spacing: float, half: float) -> np.ndarray:
+    """Points of a random path of arc length ``length``, every ``sample_spacing`` pixels,
+    centred on their mean and shrunk so that none lies further than ``half`` along an axis."""
+    verts = _trajectory(n_steps, rng, jitter, centripetal, jerk_prob) * length
+    # All segments have equal length, so uniform arc-length samples are uniform in index.
+    n_samples = max(2, math.ceil(length / sample_spacing) + 1)
+    idx = np.linspace(0.0, n_steps - 1, n_samples)
+    base = np.arange(n_steps)
+    pts = np.interp(idx, base, verts.real) + 1j * np.interp(idx, base, verts.imag)
+    pts = pts - pts.mean()
+    reach = max(np.abs(pts.real).max(), np.abs(pts.imag).max())
+    if reach > half:
+        pts = pts * (half / reach * (1.0 - 1e-9))
+    return pts
+
+
+def _splat_bilinear(pts: np.ndarray, size: int, centre: float) -> np.ndarray:
+    """Equal weights (summing to 1) at the points ``x + iy`` about ``centre``, splatted bilinearly."""
+    rows = centre + pts.imag
+    cols = centre + pts.real
+    r0 = np.floor(rows).astype(np.intp)
+    c0 = np.floor(cols).astype(np.intp)
+    fr = rows - r0
+    fc = cols - c0
+    k = np.zeros((size, size))
+    w = 1.0 / len(pts)
+    np.add.at(k, (r0, c0), w * (1 - fr) * (1 - fc))
+    np.add.at(k, (r0 + 1, c0), w * fr * (1 - fc))
+    np.add.at(k, (r0, c0 + 1), w * (1 - fr) * fc)
+    np.add.at(k, (r0 + 1, c0 + 1), w * fr * fc)
+    return k
+
+
+def _smooth_separable(k: np.ndarray, sigma: float, radius: int) -> np.ndarray:
+    """A separable Gaussian of ``sigma`` with taps out to ``radius``, zero outside the grid."""
+    taps = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-(taps**2) / (2.0 * sigma**2))
+    g /= g.sum()
+    k = ndimage.correlate1d(k, g, axis=0, mode="constant", cval=0.0)
+    return ndimage.correlate1d(k, g, axis=1, mode="constant", cval=0.0)
+
+
 def motion_kernel(
     size: int,
     *,
@@ -239,59 +307,20 @@ def motion_kernel(
         raise KmsrInputError(
             f"rng: expected a numpy.random.Generator, found {type(rng).__name__}"
         )
-    smooth_sigma = _check_real(smooth_sigma, "smooth_sigma")
-    jitter = _check_real(jitter, "jitter")
-    centripetal = _check_real(centripetal, "centripetal")
-    jerk_prob = _check_real(jerk_prob, "jerk_prob")
-    for label, value in (("smooth_sigma", smooth_sigma), ("jitter", jitter),
-                         ("centripetal", centripetal)):
-        if value < 0:
-            raise KmsrInputError(f"{label}: expected a number >= 0, found {value}")
-    radius = math.ceil(2.0 * smooth_sigma) if smooth_sigma > 0 else 0
-    margin = 1 + radius  # splatted points stay this far from the edge
-    size = _check_size(size, minimum=2 * margin + 2)
-    n_steps = _check_size(n_steps, "n_steps", minimum=2)
-    if not (0.0 <= jerk_prob <= 1.0):
-        raise KmsrInputError(f"jerk_prob: expected a probability in [0, 1], found {jerk_prob}")
-    sample_spacing = _check_positive(sample_spacing, "sample_spacing")
-    dt = _check_dtype(dtype)
-
+    size, n_steps, jitter, centripetal, jerk_prob, smooth_sigma, sample_spacing, dt = _check_motion_args(
+        size, n_steps, jitter, centripetal, jerk_prob, smooth_sigma, sample_spacing, dtype
+    )
+    radius = _smoothing_radius(smooth_sigma)
     centre = (size - 1) / 2.0
-    half = centre - margin  # largest allowed distance from the centroid along each axis
+    half = centre - (1 + radius)  # largest allowed distance from the centroid along each axis
     if length is None:
         length = float(rng.uniform(0.5, 1.0)) * 2.0 * half
     length = _check_positive(length, "length")
 
-    verts = _trajectory(n_steps, rng, jitter, centripetal, jerk_prob) * length
-    # All segments have equal length, so uniform arc-length samples are uniform in index.
-    n_samples = max(2, math.ceil(length / sample_spacing) + 1)
-    idx = np.linspace(0.0, n_steps - 1, n_samples)
-    base = np.arange(n_steps)
-    pts = np.interp(idx, base, verts.real) + 1j * np.interp(idx, base, verts.imag)
-    pts = pts - pts.mean()
-    reach = max(np.abs(pts.real).max(), np.abs(pts.imag).max())
-    if reach > half:
-        pts = pts * (half / reach * (1.0 - 1e-9))
-
-    rows = centre + pts.imag
-    cols = centre + pts.real
-    r0 = np.floor(rows).astype(np.intp)
-    c0 = np.floor(cols).astype(np.intp)
-    fr = rows - r0
-    fc = cols - c0
-    k = np.zeros((size, size))
-    w = 1.0 / n_samples
-    np.add.at(k, (r0, c0), w * (1 - fr) * (1 - fc))
-    np.add.at(k, (r0 + 1, c0), w * fr * (1 - fc))
-    np.add.at(k, (r0, c0 + 1), w * (1 - fr) * fc)
-    np.add.at(k, (r0 + 1, c0 + 1), w * fr * fc)
-
+    pts = _motion_path(n_steps, rng, jitter, centripetal, jerk_prob, length, sample_spacing, half)
+    k = _splat_bilinear(pts, size, centre)
     if radius:
-        taps = np.arange(-radius, radius + 1, dtype=np.float64)
-        g = np.exp(-(taps**2) / (2.0 * smooth_sigma**2))
-        g /= g.sum()
-        k = ndimage.correlate1d(k, g, axis=0, mode="constant", cval=0.0)
-        k = ndimage.correlate1d(k, g, axis=1, mode="constant", cval=0.0)
+        k = _smooth_separable(k, smooth_sigma, radius)
     k = np.clip(k, 0.0, None)
     return (k / k.sum()).astype(dt)
 
