@@ -263,14 +263,39 @@ def run_adapt(photos: list[Path], out: Path, settings: AdaptSettings, *, host, s
 
 
 def _run_adapt_locked(photos, out, s, *, work, base, base_meta, fingerprint, host, say, warn, t0) -> AdaptResult:
-    from .checkpoint import load_model, save_model
-    from .estimate import Settings, run_estimate
-    from .gan import state_path_for, train_gan
-    from .kernelset import KernelSet
-    from .pool import build_pool
-    from .train import TrainConfig, run_training
+    from .checkpoint import save_model
 
     state_path = work / "progress.json"
+    state = _check_progress(state_path, work, s, base=base, fingerprint=fingerprint)
+    kernels, n_est = _stage_kernels(photos, work, s, host=host, say=say, warn=warn)
+    pool, pool_info = _stage_pool(work, kernels, n_est, s, host=host, say=say, warn=warn)
+    noise = _stage_noise(photos, work, say)
+    run = work / "run"
+    deg = degradation_options(noise, len(photos), s.bicubic_fraction)
+    train_summary = _stage_train(run, state, state_path, s, base=base, base_meta=base_meta, pool=pool, deg=deg,
+                                 host=host, say=say)
+    # 5. the model and the report
+    say(f"[5/5] the model -> {out}, the report -> {report_dir_for(out) / 'index.html'}")
+    module, meta = _trained_model(run, host=host)
+    adapt_meta = {"photos": len(photos), "photos_sha256": fingerprint, "kernels_estimated": n_est,
+                  "pool": {k: v for k, v in pool_info.items() if k != "path"},
+                  "noise": {k: v for k, v in noise.items() if k != "per_photo"},
+                  "degradation_options": deg, "base": base,
+                  "base_sha256": hashlib.sha256(Path(base).read_bytes()).hexdigest(),
+                  "budget_minutes": s.minutes, "train_steps": train_summary["steps"],
+                  "train_seconds": round(float(train_summary["seconds"]), 1)}
+    save_model(out, module, backbone=meta.backbone, scale=meta.scale, options=meta.options,
+               extra={**meta.extra, "adapt": adapt_meta})
+    report = write_report(report_dir_for(out), photos=photos, base_spec=base, model_path=out, pool_path=pool,
+                          noise=noise, pool_info=pool_info, scale=s.scale, host=host, device=s.device)
+    return AdaptResult(model=str(out), work=str(work), report=str(report), kernels=n_est, pool=pool_info,
+                       noise={k: v for k, v in noise.items() if k != "per_photo"}, train=train_summary,
+                       seconds=round(time.perf_counter() - t0, 1))
+
+
+def _check_progress(state_path: Path, work: Path, s: AdaptSettings, *, base: str, fingerprint: str) -> dict:
+    """The work folder's ``progress.json``, checked against this run's photos, base and estimation
+    settings, then updated with them (a rerun with other inputs is refused, not mixed in)."""
     state = _read_json(state_path) or {}
     again = f"use another -o, or delete {work} to start over"
     if state and state.get("photos_sha256") != fingerprint:
@@ -286,8 +311,14 @@ def _run_adapt_locked(photos, out, s, *, work, base, base_meta, fingerprint, hos
     state.update({"photos_sha256": fingerprint, "base": base, "scale": s.scale, "estimation": estimation})
     state.setdefault("train_seconds", 0.0)
     _write_json(state_path, state)
+    return state
 
-    # 1. kernels
+
+def _stage_kernels(photos: list[Path], work: Path, s: AdaptSettings, *, host, say, warn) -> tuple[Path, int]:
+    """1. ``kernels.h5`` (resumed from an earlier run's partial file); returns it and its kernel count."""
+    from .estimate import Settings, run_estimate
+    from .kernelset import KernelSet
+
     kernels = work / "kernels.h5"
     say(f"[1/5] blur kernels from {len(photos)} photos (x{s.scale}, {s.per_image} patches each) -> {kernels}")
     est_settings = Settings(scale=s.scale, patch=s.patch, per_image=s.per_image, seed=s.seed)
@@ -307,11 +338,13 @@ def _run_adapt_locked(photos, out, s, *, work, base, base_meta, fingerprint, hos
         why, hint = summary.why_nothing()
         raise CliError(f"no kernel could be estimated: {why}", hint=hint)
     with KernelSet(kernels) as ks:
-        est_k = ks.kernels()
-    n_est = len(est_k)
+        n_est = len(ks.kernels())
     say(f"  {n_est} kernels ({summary.kernels_resumed} from an earlier run)")
+    return kernels, n_est
 
-    # 2. pool
+
+def _stage_pool(work: Path, kernels: Path, n_est: int, s: AdaptSettings, *, host, say, warn) -> tuple[Path, dict]:
+    """2. ``pool.h5`` and its record ``pool.json``: reused while both still match ``kernels``."""
     pool = work / "pool.h5"
     pool_info = _read_json(work / "pool.json")
     kernels_sha = file_sha256(kernels)
@@ -322,31 +355,43 @@ def _run_adapt_locked(photos, out, s, *, work, base, base_meta, fingerprint, hos
                            hint=f"delete {work / 'run'} and {work / 'progress.json'} to train again on a new pool")
         pool_info = None
     if pool_info is None:
-        if n_est >= GAN_MIN_KERNELS:
-            gan = work / "gan.safetensors"
-            say(f"[2/5] {n_est} kernels >= {GAN_MIN_KERNELS}: a kernel GAN ({s.gan_iters} iterations) -> {gan}")
-            gan_run = train_gan(host, [kernels], gan, iters=s.gan_iters, resume=state_path_for(gan).exists(),
-                                settings={"width_mult": 0.0625, "lr": 1e-3, "seed": s.seed}, device=s.device,
-                                checkpoint_every=100, log=say)
-            check = gan_run["sample_check"]  # its samples, the same ones the pool below draws (same seed, count)
-            if check["passed"]:
-                info = build_pool(kernels, pool, generator_checkpoint=gan, host=host, n_estimated=n_est,
-                                  n_generated=n_est, seed=s.seed, device=s.device, warn=warn)
-                pool_info = {"path": str(pool), "rule": "gan", "estimated": n_est, "kernels": int(info.get("count", 2 * n_est))}
-            else:
-                warn(f"the kernel GAN's samples do not match the estimated kernels ({check['reason']}); "
-                     "the pool is the estimated kernels with flips and turns instead")
-                pool_info = {**build_augmented_pool(kernels, pool), "rule": "dihedral (GAN rejected)"}
-            pool_info["gan_check"] = check
-        else:
-            say(f"[2/5] {n_est} kernels < {GAN_MIN_KERNELS}: pool = the estimated kernels with their 8 flips and quarter turns")
-            pool_info = build_augmented_pool(kernels, pool)
+        pool_info = _build_pool(work, kernels, pool, n_est, s, host=host, say=say, warn=warn)
         pool_info.update({"kernels_sha256": kernels_sha, "gan_iters": s.gan_iters, "pool_sha256": file_sha256(pool)})
         _write_json(work / "pool.json", pool_info)
     else:
         say(f"[2/5] pool from an earlier run: {pool} ({pool_info['kernels']} kernels, {pool_info['rule']})")
+    return pool, pool_info
 
-    # 3. noise
+
+def _build_pool(work: Path, kernels: Path, pool: Path, n_est: int, s: AdaptSettings, *, host, say, warn) -> dict:
+    """The pool rule (module docstring, stage 2): a kernel GAN from :data:`GAN_MIN_KERNELS` kernels on,
+    used only if its samples pass the check; otherwise the estimated kernels' flips and turns."""
+    from .gan import state_path_for, train_gan
+    from .pool import build_pool
+
+    if n_est < GAN_MIN_KERNELS:
+        say(f"[2/5] {n_est} kernels < {GAN_MIN_KERNELS}: pool = the estimated kernels with their 8 flips and quarter turns")
+        return build_augmented_pool(kernels, pool)
+    gan = work / "gan.safetensors"
+    say(f"[2/5] {n_est} kernels >= {GAN_MIN_KERNELS}: a kernel GAN ({s.gan_iters} iterations) -> {gan}")
+    gan_run = train_gan(host, [kernels], gan, iters=s.gan_iters, resume=state_path_for(gan).exists(),
+                        settings={"width_mult": 0.0625, "lr": 1e-3, "seed": s.seed}, device=s.device,
+                        checkpoint_every=100, log=say)
+    check = gan_run["sample_check"]  # its samples, the same ones the pool below draws (same seed, count)
+    if check["passed"]:
+        info = build_pool(kernels, pool, generator_checkpoint=gan, host=host, n_estimated=n_est,
+                          n_generated=n_est, seed=s.seed, device=s.device, warn=warn)
+        pool_info = {"path": str(pool), "rule": "gan", "estimated": n_est, "kernels": int(info.get("count", 2 * n_est))}
+    else:
+        warn(f"the kernel GAN's samples do not match the estimated kernels ({check['reason']}); "
+             "the pool is the estimated kernels with flips and turns instead")
+        pool_info = {**build_augmented_pool(kernels, pool), "rule": "dihedral (GAN rejected)"}
+    pool_info["gan_check"] = check
+    return pool_info
+
+
+def _stage_noise(photos: list[Path], work: Path, say) -> dict:
+    """3. ``noise.json``: the camera's noise, measured once."""
     noise = _read_json(work / "noise.json")
     if noise is None:
         say("[3/5] the camera's noise, from flat regions of the photos")
@@ -355,68 +400,75 @@ def _run_adapt_locked(photos, out, s, *, work, base, base_meta, fingerprint, hos
     say(f"  noise sigma {noise['sigma_median'] * 255:.2f} (8-bit levels), trained on "
         f"{noise['train_noise_min'] * 255:.2f}-{noise['train_noise_max'] * 255:.2f}; "
         f"{noise['jpeg_photos']} of {len(photos)} photos are JPEG")
+    return noise
 
-    # 4. fine-tune
-    run = work / "run"
+
+def degradation_options(noise: dict, n_photos: int, bicubic_fraction: float) -> dict:
+    """The ``realistic`` degradation's options for the camera: its noise range, and JPEG compression
+    (quality 70-95) on half the fraction of the photos that are JPEG files."""
+    jpeg_fraction = noise["jpeg_photos"] / n_photos
+    return {"noise_min": noise["train_noise_min"], "noise_max": noise["train_noise_max"],
+            "jpeg_prob": round(0.5 * jpeg_fraction, 4), "jpeg_min": 70, "jpeg_max": 95, "bicubic_fraction": bicubic_fraction}
+
+
+def _stage_train(run: Path, state: dict, state_path: Path, s: AdaptSettings, *, base: str, base_meta, pool: Path,
+                 deg: dict, host, say) -> dict:
+    """4. Fine-tune ``base`` in ``run/`` for what is left of the budget (counted across reruns in
+    ``state``, saved at each epoch's end); returns the training summary."""
+    from .train import run_training
+
     budget = s.minutes * 60.0
     left = budget - float(state["train_seconds"]) if s.minutes > 0 else None  # None: only --steps limits it
     resume = (run / "state.pt").exists()
-    jpeg_fraction = noise["jpeg_photos"] / len(photos)
-    deg = {"noise_min": noise["train_noise_min"], "noise_max": noise["train_noise_max"],
-           "jpeg_prob": round(0.5 * jpeg_fraction, 4), "jpeg_min": 70, "jpeg_max": 95, "bicubic_fraction": s.bicubic_fraction}
     steps_done = 0
     if resume:
         from .checkpoint import load_training_state
 
         steps_done = int(load_training_state(run / "state.pt")["step"])
     steps_left = None if s.steps is None else s.steps - steps_done
-    train_summary: dict = {"steps": steps_done, "seconds": state["train_seconds"]}
-    if (left is None or left > 1) and (steps_left is None or steps_left > 0):
-        more = f"{left / 60:.1f} more minutes" if left is not None else f"{steps_left} more steps"
-        say(f"[4/5] fine-tuning {base} for {more}{' (resumed at step ' + str(steps_done) + ')' if resume else ''} -> {run}")
-        cfg = TrainConfig(backbone=base_meta.backbone, degradation="realistic", scale=s.scale, out=str(run),
-                          backbone_options=dict(base_meta.options), degradation_options=deg, pool=str(pool),
-                          data=list(s.data), patch=s.train_patch or 48 * s.scale, batch=s.batch, epochs=100000,
-                          iters_per_epoch=25, lr=s.lr, lr_step_epochs=1000000, lr_gamma=0.5, loss="l1", seed=s.seed,
-                          device=s.device, amp=s.amp, max_steps=steps_left, time_budget=left, init=base)
-        t_run = time.perf_counter()
-        last = [t_run]
-
-        def on_step(info: dict) -> None:
-            now = time.perf_counter()
-            if now - last[0] >= 30 or info.get("step", 0) % 25 == 0:
-                last[0] = now
-                spent = float(state["train_seconds"]) + now - t_run
-                say(f"  step {info.get('step')}: loss {info.get('loss', float('nan')):.4f}, "
-                    f"{spent / 60:.1f} of {s.minutes:g} minutes")
-
-        def on_epoch(info: dict) -> None:  # at each epoch's end, just before its checkpoint: the time so far
-            _write_json(state_path, {**state, "train_seconds": float(state["train_seconds"]) + time.perf_counter() - t_run})
-
-        result = run_training(cfg, host, on_step=on_step, on_epoch=on_epoch, resume=resume, log=say)
-        state["train_seconds"] = float(state["train_seconds"]) + time.perf_counter() - t_run
-        _write_json(state_path, state)
-        train_summary = {"steps": result.steps, "seconds": state["train_seconds"], "final_loss": result.final_loss}
-    else:
+    if not ((left is None or left > 1) and (steps_left is None or steps_left > 0)):
         say(f"[4/5] training budget spent in an earlier run ({state['train_seconds'] / 60:.1f} minutes)")
+        return {"steps": steps_done, "seconds": state["train_seconds"]}
+    more = f"{left / 60:.1f} more minutes" if left is not None else f"{steps_left} more steps"
+    say(f"[4/5] fine-tuning {base} for {more}{' (resumed at step ' + str(steps_done) + ')' if resume else ''} -> {run}")
+    cfg = _train_config(run, s, base=base, base_meta=base_meta, pool=pool, deg=deg, steps_left=steps_left, left=left)
+    t_run = time.perf_counter()
+    last = [t_run]
 
-    # 5. the model and the report
-    say(f"[5/5] the model -> {out}, the report -> {report_dir_for(out) / 'index.html'}")
+    def on_step(info: dict) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= 30 or info.get("step", 0) % 25 == 0:
+            last[0] = now
+            spent = float(state["train_seconds"]) + now - t_run
+            say(f"  step {info.get('step')}: loss {info.get('loss', float('nan')):.4f}, "
+                f"{spent / 60:.1f} of {s.minutes:g} minutes")
+
+    def on_epoch(info: dict) -> None:  # at each epoch's end, just before its checkpoint: the time so far
+        _write_json(state_path, {**state, "train_seconds": float(state["train_seconds"]) + time.perf_counter() - t_run})
+
+    result = run_training(cfg, host, on_step=on_step, on_epoch=on_epoch, resume=resume, log=say)
+    state["train_seconds"] = float(state["train_seconds"]) + time.perf_counter() - t_run
+    _write_json(state_path, state)
+    return {"steps": result.steps, "seconds": state["train_seconds"], "final_loss": result.final_loss}
+
+
+def _train_config(run: Path, s: AdaptSettings, *, base: str, base_meta, pool: Path, deg: dict,
+                  steps_left: int | None, left: float | None):
+    """``kmsr train``'s settings for the fine-tuning: ``realistic`` degradation with the pool and ``deg``."""
+    from .train import TrainConfig
+
+    return TrainConfig(backbone=base_meta.backbone, degradation="realistic", scale=s.scale, out=str(run),
+                       backbone_options=dict(base_meta.options), degradation_options=deg, pool=str(pool),
+                       data=list(s.data), patch=s.train_patch or 48 * s.scale, batch=s.batch, epochs=100000,
+                       iters_per_epoch=25, lr=s.lr, lr_step_epochs=1000000, lr_gamma=0.5, loss="l1", seed=s.seed,
+                       device=s.device, amp=s.amp, max_steps=steps_left, time_budget=left, init=base)
+
+
+def _trained_model(run: Path, *, host):
+    """The network ``run/`` trained and its metadata; an error when no checkpoint was written yet."""
+    from .checkpoint import load_model
+
     if not (run / "model.safetensors").is_file():
         raise CliError(f"{run} holds no trained model: the budget was spent before a checkpoint was written",
                        hint="rerun with a larger --minutes (counted across reruns), or with --steps N")
-    module, meta = load_model(run / "model.safetensors", host=host)
-    adapt_meta = {"photos": len(photos), "photos_sha256": fingerprint, "kernels_estimated": n_est,
-                  "pool": {k: v for k, v in pool_info.items() if k != "path"},
-                  "noise": {k: v for k, v in noise.items() if k != "per_photo"},
-                  "degradation_options": deg, "base": base,
-                  "base_sha256": hashlib.sha256(Path(base).read_bytes()).hexdigest(),
-                  "budget_minutes": s.minutes, "train_steps": train_summary["steps"],
-                  "train_seconds": round(float(train_summary["seconds"]), 1)}
-    save_model(out, module, backbone=meta.backbone, scale=meta.scale, options=meta.options,
-               extra={**meta.extra, "adapt": adapt_meta})
-    report = write_report(report_dir_for(out), photos=photos, base_spec=base, model_path=out, pool_path=pool,
-                          noise=noise, pool_info=pool_info, scale=s.scale, host=host, device=s.device)
-    return AdaptResult(model=str(out), work=str(work), report=str(report), kernels=n_est, pool=pool_info,
-                       noise={k: v for k, v in noise.items() if k != "per_photo"}, train=train_summary,
-                       seconds=round(time.perf_counter() - t0, 1))
+    return load_model(run / "model.safetensors", host=host)
