@@ -64,11 +64,6 @@ def _run(args: list[str], say: Callable[[str], None], *, capture_json: bool = Fa
 
 
 def run_demo(out: Path, *, quick: bool, device: str, seed: int, say: Callable[[str], None]) -> DemoResult:
-    from kmsr_ops.degrade import gaussian_lr
-    from kmsr_ops.image_io import read_image, write_png
-    from kmsr_ops.metrics import psnr, ssim
-    from kmsr_ops.resize import modcrop
-
     t0 = time.perf_counter()
     commands: list[str] = []
     user_say = say
@@ -85,7 +80,26 @@ def run_demo(out: Path, *, quick: bool, device: str, seed: int, say: Callable[[s
     out.mkdir(parents=True, exist_ok=True)
     res = DemoResult(out=str(out))
     dev = ["--device", device]
+    kernels = _estimate_kernels(out, res, cfg, seed=seed, dev=dev, say=say)
+    pool = _build_pool(out, res, cfg, kernels, seed=seed, dev=dev, say=say)
+    say("[3/4] the pool's statistics and plots")
+    plot = out / f"pool_x{SCALE}.png"
+    _run(["pool", "show", str(pool), "--plot", str(plot)], say)
+    res.outputs["pool plots"] = str(plot)
+    hr, lr, real, sr_dir = _super_resolve(out, model, dev=dev, say=say)
+    cmp_synth, cmp_real = _compare(out, res, hr, lr, real, sr_dir)
+    res.outputs["side by side, synthetic (LR nearest | bicubic | KMSR | HR)"] = str(cmp_synth)
+    res.outputs["side by side, real photo (LR nearest | bicubic | KMSR)"] = str(cmp_real)
+    res.outputs["SR images"] = str(sr_dir)
+    res.outputs["PSNR table"] = str(_write_table(out / "psnr.md", res.table))
+    res.seconds = round(time.perf_counter() - t0, 1)
+    res.outputs["report"] = str(_write_report(out, res, commands, cfg, cmp_synth, cmp_real, plot))
+    return res
 
+
+def _estimate_kernels(out: Path, res: DemoResult, cfg: dict, *, seed: int, dev: list[str],
+                      say: Callable[[str], None]) -> Path:
+    """Stage 1: the CC0 photos exported, ``kmsr estimate`` on them; returns the kernel file."""
     say(f"[1/4] kernels from {len(cfg['photos'])} CC0 photos (scikit-image), upscaled x{SCALE}")
     export_cc0(out / "photos", cfg["photos"])
     kernels = out / f"kernels_x{SCALE}.h5"
@@ -93,7 +107,12 @@ def run_demo(out: Path, *, quick: bool, device: str, seed: int, say: Callable[[s
           "--per-image", str(cfg["per_image"]), "--seed", str(seed), "--overwrite", *dev], say)  # never piles onto an earlier demo's
     res.outputs["photos"] = str(out / "photos")
     res.outputs["estimated kernels"] = str(kernels)
+    return kernels
 
+
+def _build_pool(out: Path, res: DemoResult, cfg: dict, kernels: Path, *, seed: int, dev: list[str],
+                say: Callable[[str], None]) -> Path:
+    """Stage 2: ``kmsr gan train`` on the kernels, then ``kmsr pool build``; returns the pool file."""
     say("[2/4] a kernel GAN on them, then the pool K+ = estimated + generated")
     gan = out / f"gan_x{SCALE}.safetensors"
     _run(["gan", "train", str(kernels), "-o", str(gan), "--iters", str(cfg["gan_iters"]), "--width-mult", str(cfg["gan_width"]),
@@ -104,11 +123,15 @@ def run_demo(out: Path, *, quick: bool, device: str, seed: int, say: Callable[[s
           "-o", str(pool), "--seed", str(seed), *dev], say)
     res.outputs["kernel GAN"] = str(gan)
     res.outputs["pool"] = str(pool)
+    return pool
 
-    say("[3/4] the pool's statistics and plots")
-    plot = out / f"pool_x{SCALE}.png"
-    _run(["pool", "show", str(pool), "--plot", str(plot)], say)
-    res.outputs["pool plots"] = str(plot)
+
+def _super_resolve(out: Path, model: Path, *, dev: list[str], say: Callable[[str], None]):
+    """Stage 4: ``kmsr sr`` (shipped model and bicubic) on a real photo and on a synthetic LR image
+    of known HR; returns (HR, LR) of the synthetic image, the real photo's path and the SR folder."""
+    from kmsr_ops.degrade import gaussian_lr
+    from kmsr_ops.image_io import write_png
+    from kmsr_ops.resize import modcrop
 
     say(f"[4/4] super-resolution x{SCALE} with the shipped model ({model.name})")
     real = out / "real_lr_photo.png"
@@ -123,43 +146,52 @@ def run_demo(out: Path, *, quick: bool, device: str, seed: int, say: Callable[[s
     write_png(synth, lr, bit_depth=16)  # 16 bits: the LR the models see is (almost) the float one
     _run(["sr", str(synth), "-o", str(sr_dir / "synthetic_kmsr_x2.png"), "--model", str(model), *dev], say)
     _run(["sr", str(synth), "-o", str(sr_dir / "synthetic_bicubic_x2.png"), "--model", "bicubic", "--scale", str(SCALE)], say)
+    return hr, lr, real, sr_dir
 
-    def load(p):
-        return read_image(p, channels="RGB").pixels.astype(np.float64)
 
-    bic, ksr = load(sr_dir / "synthetic_bicubic_x2.png"), load(sr_dir / "synthetic_kmsr_x2.png")
+def _load(p: Path) -> np.ndarray:
+    from kmsr_ops.image_io import read_image
+
+    return read_image(p, channels="RGB").pixels.astype(np.float64)
+
+
+def _u8(p: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(p, 0, 1) * 255).astype(np.uint8)
+
+
+def _compare(out: Path, res: DemoResult, hr: np.ndarray, lr: np.ndarray, real: Path, sr_dir: Path) -> tuple[Path, Path]:
+    """The synthetic image's scores into ``res.table``, and the two labelled side-by-side PNGs."""
+    from kmsr_ops.image_io import write_png
+    from kmsr_ops.metrics import psnr, ssim
+
+    bic, ksr = _load(sr_dir / "synthetic_bicubic_x2.png"), _load(sr_dir / "synthetic_kmsr_x2.png")
     for name, img in (("bicubic", bic), ("kmsr (shipped)", ksr)):
         res.table.append({"image": "astronaut crop", "kernel": f"g{SIGMA}", "scale": SCALE, "model": name,
                           "psnr": psnr(img * 255, hr * 255, crop_border=SCALE, test_y_channel=True),
                           "ssim": ssim(img * 255, hr * 255, crop_border=SCALE, test_y_channel=True)})
-    def u8(p):
-        return np.rint(np.clip(p, 0, 1) * 255).astype(np.uint8)
-
     psnr_of = {r["model"]: f"{r['psnr']:.2f} dB" for r in res.table}
     nearest = np.repeat(np.repeat(lr, SCALE, axis=0), SCALE, axis=1)
-    panel = labelled_strip([(f"LR (nearest x{SCALE})", "", u8(nearest)), ("bicubic", psnr_of["bicubic"], u8(bic)),
-                            ("KMSR", psnr_of["kmsr (shipped)"], u8(ksr)), ("HR", "", u8(hr))])
+    panel = labelled_strip([(f"LR (nearest x{SCALE})", "", _u8(nearest)), ("bicubic", psnr_of["bicubic"], _u8(bic)),
+                            ("KMSR", psnr_of["kmsr (shipped)"], _u8(ksr)), ("HR", "", _u8(hr))])
     cmp_synth = out / "compare_synthetic.png"
     write_png(cmp_synth, panel)
-    real_lr = load(real)
+    real_lr = _load(real)
     real_near = np.repeat(np.repeat(real_lr, SCALE, axis=0), SCALE, axis=1)
-    panel = labelled_strip([(f"LR (nearest x{SCALE})", "", u8(real_near)),
-                            ("bicubic", "", u8(load(sr_dir / "real_photo_bicubic_x2.png"))),
-                            ("KMSR", "", u8(load(sr_dir / "real_photo_kmsr_x2.png")))])
+    panel = labelled_strip([(f"LR (nearest x{SCALE})", "", _u8(real_near)),
+                            ("bicubic", "", _u8(_load(sr_dir / "real_photo_bicubic_x2.png"))),
+                            ("KMSR", "", _u8(_load(sr_dir / "real_photo_kmsr_x2.png")))])
     cmp_real = out / "compare_real_photo.png"
     write_png(cmp_real, panel)
-    res.outputs["side by side, synthetic (LR nearest | bicubic | KMSR | HR)"] = str(cmp_synth)
-    res.outputs["side by side, real photo (LR nearest | bicubic | KMSR)"] = str(cmp_real)
-    res.outputs["SR images"] = str(sr_dir)
-    table_md = out / "psnr.md"
+    return cmp_synth, cmp_real
+
+
+def _write_table(path: Path, table: list[dict]) -> Path:
+    """The PSNR/SSIM table as Markdown."""
     lines = ["| image | kernel | scale | model | Y-PSNR (dB) | SSIM |", "|---|---|---:|---|---:|---:|"]
     lines += [f"| {r['image']} | {r['kernel']} | x{r['scale']} | {r['model']} | {r['psnr']:.2f} | {r['ssim']:.4f} |"
-              for r in res.table]
-    table_md.write_text("\n".join(lines) + "\n")
-    res.outputs["PSNR table"] = str(table_md)
-    res.seconds = round(time.perf_counter() - t0, 1)
-    res.outputs["report"] = str(_write_report(out, res, commands, cfg, cmp_synth, cmp_real, plot))
-    return res
+              for r in table]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _write_report(out: Path, res: DemoResult, commands: list[str], cfg: dict, cmp_synth: Path, cmp_real: Path,
