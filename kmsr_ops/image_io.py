@@ -1,19 +1,29 @@
 """Reading and writing images as float32 arrays in [0, 1], shape (H, W, C), C in {1, 3, 4}.
 
-Pillow does the decoding, except for 16-bit colour PNGs: Pillow (up to 13 at least) reads
-them as 8-bit RGB/RGBA and cannot write them, so a small PNG codec here handles those and
-the input's bit depth survives a read/write round trip.
+Who decodes what:
 
-Pillow is imported lazily to keep ``import kmsr_ops.image_io`` (and the CLI start) cheap.
+* 16-bit colour PNG (RGB, RGBA, grey + alpha): imagecodecs' libpng codec, because Pillow (up
+  to 13 at least) reads those as 8-bit and cannot write them; Pillow still parses the header
+  and the EXIF block. Every other PNG, JPEG, BMP, WebP, PPM/PGM: Pillow.
+* TIFF: tifffile (8/16-bit integer and float samples, grey/RGB with or without alpha, any
+  compression imagecodecs decodes); palette, CMYK, bilevel and other photometric kinds go to
+  Pillow as before.
+* HEIC/HEIF: pillow-heif (extra ``heif``); camera RAW by file suffix: rawpy (extra ``raw``).
+
+``ImageData.bit_depth`` says what the source held: 8 or 16 (integer samples; the pixels are
+then exactly k / 255 or k / 65535) or 32 (floating-point samples, e.g. a float TIFF; the
+pixels are those values clipped to [0, 1]). Code that only knows 8 and 16 treats 32 as 16.
+
+All the codecs are imported lazily to keep ``import kmsr_ops.image_io`` (and the CLI start)
+cheap.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
-import struct
 import sys
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,12 +37,18 @@ __all__ = [
     "read_image_array",
     "convert_channels",
     "encode_png",
+    "encode_tiff",
     "write_png",
+    "write_image",
 ]
 
 CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
+# Camera RAW is recognised by its file name only: most RAW formats are TIFF inside.
+_RAW_SUFFIXES = frozenset({".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf"})
+_TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
 # What the readers here decode, by file name: the one list every command that searches folders uses.
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm",
+                            ".heic", ".heif"}) | _RAW_SUFFIXES
 
 
 def images_in(folder: str | os.PathLike, *, recursive: bool = False) -> list:
@@ -44,6 +60,10 @@ def images_in(folder: str | os.PathLike, *, recursive: bool = False) -> list:
     return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 _CHANNELS_BY_COUNT = {count: name for name, count in CHANNELS.items()}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+# ISO base media file brands of HEIF stills (HEVC-coded, or the generic image brands).
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs",
+                          b"mif1", b"msf1"})
 # ITU-R BT.601 luma, the weights Pillow uses for RGB -> L, so both paths agree.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -53,7 +73,7 @@ class ImageData:
     """A decoded image: ``pixels`` float32 (H, W, C) in [0, 1] and where it came from."""
 
     pixels: np.ndarray
-    bit_depth: int  # bits per sample of the source: 8 or 16
+    bit_depth: int  # bits per sample of the source: 8 or 16 (integers), 32 (floating point)
     channels: str  # "L", "RGB" or "RGBA"
     path: str  # file path, or a name such as "<stdin>" for bytes
 
@@ -90,18 +110,14 @@ def read_image_array(path: str | os.PathLike, *, channels: str | None = None) ->
 def read_image_bytes(
     data: bytes, name: str = "<stdin>", *, channels: str | None = None
 ) -> ImageData:
-    """Decode an encoded image held in memory; ``name`` is used in error messages."""
+    """Decode an encoded image held in memory; ``name`` is used in error messages (and its
+    suffix marks camera RAW files)."""
     if channels is not None and channels not in CHANNELS:
         raise KmsrInputError(f"channels must be one of 'L', 'RGB', 'RGBA' or None, got {channels!r}")
     data = bytes(data)
     if not data:
         raise ImageReadError(_msg(name, "file is empty"))
-    if _is_16bit_colour_png(data):
-        samples, orientation = _decode_png(data, name)
-        samples = _apply_orientation(samples, orientation)
-        bit_depth = 16
-    else:
-        samples, bit_depth = _decode_with_pillow(data, name)
+    samples, bit_depth = _decode(data, name)
     pixels = _to_unit_float(samples, bit_depth)
     image = ImageData(pixels, bit_depth, _CHANNELS_BY_COUNT[pixels.shape[2]], name)
     if channels is not None and channels != image.channels:
@@ -144,9 +160,63 @@ def _msg(name: str, reason: str) -> str:
 def _to_unit_float(samples: np.ndarray, bit_depth: int) -> np.ndarray:
     if samples.ndim == 2:
         samples = samples[..., None]
+    if bit_depth == 32:  # floating-point samples, already checked and clipped to [0, 1]
+        return np.ascontiguousarray(samples, dtype=np.float32)
     scale = np.float32(255 if bit_depth == 8 else 65535)
     # float32 division of integers is exact to the rounding of v / max, as the tests expect.
     return np.ascontiguousarray(samples.astype(np.float32) / scale)
+
+
+def _decode(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """(samples, bit_depth): uint8/uint16 (or float32 in [0, 1] for bit depth 32), (H, W[, C])
+    with C in {1, 3, 4}, EXIF orientation applied."""
+    if os.path.splitext(name)[1].lower() in _RAW_SUFFIXES:
+        return _decode_raw(data, name)
+    if _is_heif(data):
+        return _decode_heif(data, name)
+    if data[:4] in _TIFF_SIGNATURES:
+        decoded = _decode_tiff(data, name)
+        if decoded is not None:
+            return decoded
+    return _decode_with_pillow(data, name)
+
+
+def _check_size(width: int, height: int, name: str) -> None:
+    """Pillow's decompression-bomb limit, for the decoders that are not Pillow."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > 2 * limit:
+        raise ImageReadError(_msg(name, f"image is too large ({width}x{height} pixels)"))
+
+
+def _missing_extra(name: str, what: str, extra: str, module: str) -> ImageReadError:
+    return ImageReadError(_msg(name, f"{what} need the {module} package, which is not installed: "
+                                     f"pip install 'kmsr[{extra}]'"))
+
+
+def _orientation_from(exif) -> int:
+    """The EXIF orientation (1-8) in a PIL ``Image.Exif``; 1 when absent or out of range."""
+    try:
+        value = int(exif.get(0x0112, 1))
+    except (TypeError, ValueError):
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply EXIF orientation like PIL.ImageOps.exif_transpose, on an (H, W[, C]) array."""
+    ops = {
+        1: lambda x: x,
+        2: lambda x: x[:, ::-1],
+        3: lambda x: x[::-1, ::-1],
+        4: lambda x: x[::-1],
+        5: lambda x: x.swapaxes(0, 1),
+        6: lambda x: np.rot90(x, -1),
+        7: lambda x: np.rot90(x, 2).swapaxes(0, 1),
+        8: lambda x: np.rot90(x, 1),
+    }
+    return np.ascontiguousarray(ops[orientation](a))
 
 
 # Pillow raw modes that hold 16 bits per sample; if one feeds an 8-bit image mode, Pillow
@@ -154,9 +224,14 @@ def _to_unit_float(samples: np.ndarray, bit_depth: int) -> np.ndarray:
 _WIDE_RAWMODE = re.compile(r"^(RGB|RGBA|RGBX|LA|CMYK|L);16[BLN]?$")
 
 
-def _decode_with_pillow(data: bytes, name: str) -> tuple[np.ndarray, int]:
-    import io
+def _rawmodes(im) -> list:
+    return [
+        t.args[0] if isinstance(t.args, tuple) and t.args else t.args
+        for t in getattr(im, "tile", None) or []
+    ]
 
+
+def _decode_with_pillow(data: bytes, name: str) -> tuple[np.ndarray, int]:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     # Pillow raises a wide variety of exception types on corrupt input (OSError,
@@ -179,6 +254,10 @@ def _decode_with_pillow(data: bytes, name: str) -> tuple[np.ndarray, int]:
     except Exception as exc:  # noqa: BLE001 - see above
         raise ImageReadError(_msg(name, _reason(exc))) from None
 
+    if im.format == "PNG" and im.mode in ("RGB", "RGBA", "LA") and any(
+        isinstance(r, str) and _WIDE_RAWMODE.match(r) for r in _rawmodes(im)
+    ):
+        return _decode_png16(data, im, name), 16
     _refuse_lossy_wide_samples(im, name)
     try:
         # load() before anything else so truncation surfaces here: Pillow only decodes
@@ -194,7 +273,7 @@ def _decode_with_pillow(data: bytes, name: str) -> tuple[np.ndarray, int]:
                 raise ImageReadError(_msg(name, "32-bit integer samples are not supported"))
             return samples.astype(np.uint16), 16
         if mode == "F":
-            raise ImageReadError(_msg(name, "32-bit float images are not supported"))
+            return _float_samples(np.asarray(im), name), 32
         if mode in ("L", "RGB", "RGBA"):
             if "transparency" in im.info and mode != "RGBA":
                 im = im.convert("RGBA")  # a tRNS colour key becomes a real alpha channel
@@ -228,11 +307,7 @@ def _refuse_lossy_wide_samples(im, name: str) -> None:
         value = tags.get(258)  # BitsPerSample
         values = value if isinstance(value, tuple) else (value,)
         bits = max((v for v in values if isinstance(v, int)), default=None)
-    rawmodes = [
-        t.args[0] if isinstance(t.args, tuple) and t.args else t.args
-        for t in getattr(im, "tile", None) or []
-    ]
-    wide = any(isinstance(r, str) and _WIDE_RAWMODE.match(r) for r in rawmodes)
+    wide = any(isinstance(r, str) and _WIDE_RAWMODE.match(r) for r in _rawmodes(im))
     if wide or (bits is not None and bits > 8):
         raise ImageReadError(
             _msg(
@@ -264,238 +339,190 @@ def _reason(exc: BaseException) -> str:
     return f"corrupt or unsupported image data ({type(exc).__name__}: {text})"
 
 
-# --------------------------------------------------------------------------- PNG codec
-
-# Samples per pixel for PNG colour types 0 (grey), 2 (RGB), 4 (grey+alpha), 6 (RGBA).
-_PNG_COLOUR_SAMPLES = {0: 1, 2: 3, 4: 2, 6: 4}
-
-
-def _is_16bit_colour_png(data: bytes) -> bool:
-    return (
-        len(data) >= 29
-        and data[:8] == _PNG_SIGNATURE
-        and data[12:16] == b"IHDR"
-        and data[24] == 16
-        and data[25] in (2, 4, 6)
-    )
+def _float_samples(samples: np.ndarray, name: str) -> np.ndarray:
+    """Floating-point samples as float32 clipped to [0, 1]; NaN or Inf is refused."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if not np.all(np.isfinite(samples)):
+        raise ImageReadError(_msg(name, "floating-point samples hold NaN or infinite values"))
+    return np.clip(samples, 0.0, 1.0)
 
 
-def _decode_png(data: bytes, name: str) -> tuple[np.ndarray, int]:
-    """Decode a non-interlaced 8/16-bit grey/RGB/grey-alpha/RGBA PNG.
+# --------------------------------------------------------------------------- 16-bit PNG
 
-    Returns (samples, exif_orientation): samples uint8 or uint16 (H, W, C) with C in
-    {1, 3, 4} (grey+alpha becomes RGBA, a tRNS key becomes alpha).
-    """
 
-    def fail(reason: str) -> ImageReadError:
-        return ImageReadError(_msg(name, reason))
+def _decode_png16(data: bytes, im, name: str) -> np.ndarray:
+    """A 16-bit RGB/RGBA/grey+alpha PNG that Pillow has opened (header only) as uint16
+    (H, W, 3 or 4) samples, a tRNS colour key turned into alpha, EXIF orientation applied."""
+    if im.info.get("interlace"):
+        # libpng decodes these, but warns on stderr each time through imagecodecs' reader.
+        raise ImageReadError(_msg(name, "interlaced 16-bit colour PNG is not supported; "
+                                        "re-save it without interlacing"))
+    import imagecodecs
 
-    if data[:8] != _PNG_SIGNATURE:
-        raise fail("not a PNG file")
-    pos = 8
-    header = None
-    idat: list[bytes] = []
-    trns = exif = None
-    ended = False
-    while pos < len(data):
-        if pos + 8 > len(data):
-            raise fail("file is truncated (incomplete chunk header)")
-        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
-        end = pos + 8 + length + 4
-        if end > len(data):
-            raise fail(f"file is truncated (chunk {ctype!r} runs past the end)")
-        body = data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[end - 4 : end])
-        if zlib.crc32(ctype + body) != crc:
-            raise fail(f"corrupt file (CRC mismatch in chunk {ctype!r})")
-        pos = end
-        if header is None:
-            if ctype != b"IHDR" or length != 13:
-                raise fail("corrupt file (first chunk is not IHDR)")
-            header = struct.unpack(">IIBBBBB", body)
-        elif ctype == b"IDAT":
-            idat.append(body)
-        elif ctype == b"tRNS":
-            trns = body
-        elif ctype == b"eXIf":
-            exif = body
-        elif ctype == b"IEND":
-            ended = True
-            break
-    if header is None:
-        raise fail("file is truncated (no IHDR chunk)")
-    if not ended:
-        raise fail("file is truncated (no IEND chunk)")
-    width, height, depth, colour, compression, filtering, interlace = header
-    if colour not in _PNG_COLOUR_SAMPLES or depth not in (8, 16):
-        raise fail(f"unsupported PNG colour type {colour} with bit depth {depth}")
-    if compression != 0 or filtering != 0:
-        raise fail("corrupt file (unknown compression or filter method)")
-    if interlace != 0:
-        raise fail(
-            f"interlaced {depth}-bit colour PNG is not supported; "
-            "re-save it without interlacing"
-        )
-    if width == 0 or height == 0:
-        raise fail("corrupt file (zero width or height)")
-    from PIL import Image
-
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and width * height > 2 * limit:
-        raise fail(f"image is too large ({width}x{height} pixels)")
-    if not idat:
-        raise fail("corrupt file (no IDAT chunk)")
-
-    samples_pp = _PNG_COLOUR_SAMPLES[colour]
-    bpp = samples_pp * depth // 8  # bytes per pixel: the filter's "left" distance
-    stride = 1 + width * bpp
-    expected = stride * height
-    inflater = zlib.decompressobj()
     try:
-        # max_length bounds memory even for a zlib bomb; extra data is ignored, as libpng does.
-        raw = inflater.decompress(b"".join(idat), expected)
-    except zlib.error as exc:
-        raise fail(f"corrupt compressed image data ({exc})") from None
-    if len(raw) < expected:
-        raise fail("file is truncated (image data ends early)")
-    rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride)
-    filters = rows[:, 0]
-    if filters.max() > 4:
-        raise fail(f"corrupt file (unknown PNG row filter {int(filters.max())})")
-    filtered = rows[:, 1:].reshape(height, width, bpp)
-    pixels = _unfilter(filtered, filters)
-
-    dtype = np.dtype(">u2") if depth == 16 else np.dtype(np.uint8)
-    samples = pixels.reshape(height, width * bpp).view(dtype).reshape(height, width, samples_pp)
-    samples = samples.astype(np.uint16 if depth == 16 else np.uint8)
-    maxval = (1 << depth) - 1
-    if colour in (0, 2) and trns is not None and len(trns) == 2 * samples_pp:
-        key = np.array(struct.unpack(f">{samples_pp}H", trns), dtype=np.uint16)
-        alpha = np.where(np.all(samples == key, axis=2), 0, maxval).astype(samples.dtype)
-        samples = np.concatenate([samples, alpha[..., None]], axis=2)
-    if samples.shape[2] == 2:  # grey + alpha -> RGBA
+        samples = imagecodecs.png_decode(data)  # libpng expands a tRNS key into alpha
+    except Exception as exc:  # noqa: BLE001 - imagecodecs.PngError, MemoryError, ...
+        text = str(exc)
+        if "too small" in text or "Not enough image data" in text:
+            reason = f"file is truncated ({text})"
+        else:
+            reason = f"corrupt PNG data ({type(exc).__name__}: {text})"
+        raise ImageReadError(_msg(name, reason)) from None
+    samples = np.asarray(samples, dtype=np.uint16)
+    if samples.ndim == 3 and samples.shape[2] == 2:  # grey + alpha -> RGBA
         samples = samples[..., [0, 0, 0, 1]]
-    return samples, _exif_orientation(exif)
+    orientation = 1
+    if b"eXIf" in data:  # Pillow finds an eXIf chunk after the image data only by loading it all
+        try:
+            orientation = _orientation_from(im.getexif())
+        except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, as Pillow does
+            orientation = 1
+    return _apply_orientation(samples, orientation)
 
 
-def _unfilter(filtered: np.ndarray, filters: np.ndarray) -> np.ndarray:
-    """Undo PNG row filters; ``filtered`` is uint8 (H, W, bytes per pixel)."""
-    height = filtered.shape[0]
-    out = np.empty_like(filtered)
-    if np.all(filters <= 2):
-        # None / Sub / Up only: each row is one vectorised step.
-        prev = np.zeros_like(filtered[0])
-        for r in range(height):
-            f = filters[r]
-            if f == 0:
-                row = filtered[r]
-            elif f == 1:  # Sub: running sum along the row, modulo 256 per byte lane
-                row = np.cumsum(filtered[r], axis=0, dtype=np.uint8)
-            else:  # Up
-                row = filtered[r] + prev
-            out[r] = row
-            prev = row
-        return out
-    return _unfilter_wavefront(filtered, filters)
+# --------------------------------------------------------------------------- TIFF
 
 
-def _unfilter_wavefront(filtered: np.ndarray, filters: np.ndarray) -> np.ndarray:
-    """General unfilter, vectorised along anti-diagonals.
-
-    Average and Paeth make each pixel depend on its left, upper and upper-left
-    neighbours, so a row cannot be done in one step; all pixels on an anti-diagonal
-    (r + c = d) are independent though, giving H + W - 1 vectorised steps.
-    """
-    height, width, bpp = filtered.shape
-    # Zero border on top and left stands in for the "outside the image" bytes.
-    recon = np.zeros((height + 1, width + 1, bpp), dtype=np.int16)
-    filt = filtered.astype(np.int16)
-    kinds = filters.astype(np.int16)
-    for d in range(height + width - 1):
-        r = np.arange(max(0, d - width + 1), min(height - 1, d) + 1)
-        c = d - r
-        a = recon[r + 1, c]  # left
-        b = recon[r, c + 1]  # up
-        ul = recon[r, c]  # upper left
-        pa = np.abs(b - ul)
-        pb = np.abs(a - ul)
-        pc = np.abs(a + b - 2 * ul)
-        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, ul))
-        kind = kinds[r][:, None]
-        pred = np.select(
-            [kind == 1, kind == 2, kind == 3, kind == 4],
-            [a, b, (a + b) >> 1, paeth],
-            default=0,
-        )
-        recon[r + 1, c + 1] = (filt[r, c] + pred) & 0xFF
-    return recon[1:, 1:].astype(np.uint8)
-
-
-def _exif_orientation(exif: bytes | None) -> int:
-    if not exif:
-        return 1
-    from PIL import Image
+def _decode_tiff(data: bytes, name: str) -> tuple[np.ndarray, int] | None:
+    """Decode grey/RGB TIFFs (with or without alpha) with tifffile; None for the kinds that
+    Pillow handles (palette, CMYK, YCbCr, bilevel, odd bit depths)."""
+    import tifffile
 
     try:
-        parsed = Image.Exif()
-        parsed.load(exif)
-        value = int(parsed.get(0x0112, 1))
-    except Exception:  # noqa: BLE001 - broken EXIF is ignored, as Pillow does
-        return 1
-    return value if 1 <= value <= 8 else 1
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[0]
+            photometric = int(page.photometric)
+            dtype = page.dtype
+            if (
+                photometric not in (1, 2)  # MINISBLACK, RGB
+                or dtype is None
+                or dtype.kind not in "uif"
+                or (dtype.kind != "f" and page.bitspersample not in (8, 16, 32))
+            ):
+                return None
+            _check_size(page.imagewidth, page.imagelength, name)
+            samples = page.asarray()
+            axes = page.axes
+            extras = tuple(int(e) for e in page.extrasamples)
+            tag = page.tags.get(274)  # Orientation
+            orientation = int(tag.value) if tag is not None and 1 <= int(tag.value) <= 8 else 1
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tifffile raises TiffFileError, ValueError, struct.error, ...
+        text = str(exc)
+        if "failed to read" in text or isinstance(exc, EOFError):
+            reason = f"file is truncated ({text})"
+        else:
+            reason = f"corrupt or unsupported TIFF data ({type(exc).__name__}: {text})"
+        raise ImageReadError(_msg(name, reason)) from None
+
+    if axes == "SYX":  # planar configuration "separate"
+        samples = np.moveaxis(samples, 0, -1)
+    elif axes == "YX":
+        samples = samples[..., None]
+    elif axes != "YXS":
+        raise ImageReadError(_msg(name, f"TIFF sample layout {axes!r} is not supported (one grey or colour image expected)"))
+    colour = 3 if photometric == 2 else 1
+    if samples.shape[2] < colour:
+        raise ImageReadError(_msg(name, f"corrupt TIFF (RGB with {samples.shape[2]} samples per pixel)"))
+    alpha_kind = extras[0] if extras and samples.shape[2] > colour else 0  # 1 associated, 2 unassociated
+
+    if dtype.kind == "f":
+        samples, bit_depth, maxval = _float_samples(samples, name), 32, 1.0
+    elif dtype.kind == "i":
+        raise ImageReadError(_msg(name, f"signed integer TIFF samples ({dtype}) are not supported"))
+    elif dtype.itemsize == 4:
+        if samples.size and samples.max() > 65535:
+            raise ImageReadError(_msg(name, "32-bit integer samples are not supported"))
+        samples, bit_depth, maxval = samples.astype(np.uint16), 16, 65535
+    else:
+        bit_depth = 8 * dtype.itemsize
+        maxval = 255 if bit_depth == 8 else 65535
+
+    picked = samples[..., :colour]
+    if alpha_kind in (1, 2):
+        alpha = samples[..., colour : colour + 1]
+        if alpha_kind == 1:  # premultiplied colour: divide the alpha back out, as Pillow does
+            a = alpha.astype(np.float64)
+            c = np.where(a > 0, picked.astype(np.float64) * maxval / np.maximum(a, 1e-30), 0.0)
+            c = np.clip(c, 0, maxval)
+            picked = (c if dtype.kind == "f" else np.rint(c)).astype(samples.dtype)
+        if colour == 1:
+            picked = np.repeat(picked, 3, axis=2)
+        picked = np.concatenate([picked, alpha], axis=2)
+    return _apply_orientation(np.ascontiguousarray(picked), orientation), bit_depth
 
 
-def _apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply EXIF orientation like PIL.ImageOps.exif_transpose, on an (H, W, C) array."""
-    ops = {
-        1: lambda x: x,
-        2: lambda x: x[:, ::-1],
-        3: lambda x: x[::-1, ::-1],
-        4: lambda x: x[::-1],
-        5: lambda x: x.swapaxes(0, 1),
-        6: lambda x: np.rot90(x, -1),
-        7: lambda x: np.rot90(x, 2).swapaxes(0, 1),
-        8: lambda x: np.rot90(x, 1),
-    }
-    return np.ascontiguousarray(ops[orientation](a))
+# --------------------------------------------------------------------------- HEIF, RAW
 
 
-def _png_chunk(ctype: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+def _is_heif(data: bytes) -> bool:
+    if len(data) < 12 or data[4:8] != b"ftyp":
+        return False
+    box = data[8 : 8 + max(0, int.from_bytes(data[:4], "big") - 8)]
+    if data[8:12] in (b"mif1", b"msf1") and b"avif" in box:
+        return False  # AVIF shares the generic brands; Pillow reads it
+    return data[8:12] in _HEIF_BRANDS
 
 
-def _encode_png_raw(samples: np.ndarray, colour: int) -> bytes:
-    """Encode uint8/uint16 (H, W, C) samples as PNG, every row with the Up filter.
+def _decode_heif(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """HEIC/HEIF through pillow-heif; libheif applies the file's rotation and mirroring
+    (which a HEIF writer sets from the EXIF orientation), so EXIF is not applied again."""
+    try:
+        import pillow_heif
+    except ImportError:
+        raise _missing_extra(name, "HEIC/HEIF images", "heif", "pillow-heif") from None
+    try:
+        heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False)
+        _check_size(heif.size[0], heif.size[1], name)
+        depth = int(heif.info.get("bit_depth") or 8)
+        samples = np.asarray(heif)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pillow-heif raises ValueError, RuntimeError, ...
+        raise ImageReadError(_msg(name, f"corrupt or unsupported HEIF data ({type(exc).__name__}: {exc})")) from None
+    if samples.ndim == 3 and samples.shape[2] == 2:
+        samples = samples[..., [0, 0, 0, 1]]
+    if samples.dtype == np.uint8:
+        return np.ascontiguousarray(samples), 8
+    # 10/12-bit images come as uint16 with the samples in the high bits: rescale them to
+    # 0-65535 so that white stays 1.0.
+    top = (1 << depth) - 1
+    values = (samples >> (16 - depth)).astype(np.float64)
+    return np.rint(values * (65535 / top)).astype(np.uint16), 16
 
-    Up compresses smooth images well and decodes in one vectorised step per row.
-    """
-    height, width, _ = samples.shape
-    depth = 16 if samples.dtype == np.uint16 else 8
-    raw = samples.astype(">u2" if depth == 16 else np.uint8).reshape(height, -1).view(np.uint8)
-    up = raw.copy()
-    up[1:] -= raw[:-1]  # modulo 256, as the filter defines
-    rows = np.empty((height, raw.shape[1] + 1), dtype=np.uint8)
-    rows[:, 0] = 2
-    rows[:, 1:] = up
-    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    return b"".join(
-        [
-            _PNG_SIGNATURE,
-            _png_chunk(b"IHDR", header),
-            _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)),
-            _png_chunk(b"IEND", b""),
-        ]
-    )
+
+def _decode_raw(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """Camera RAW through rawpy (LibRaw): the camera's white balance, demosaiced (AHD), sRGB
+    primaries and tone curve, no auto-brightening, 16 bits; LibRaw applies the orientation."""
+    try:
+        import rawpy
+    except ImportError:
+        raise _missing_extra(name, "camera RAW files", "raw", "rawpy") from None
+    try:
+        with rawpy.imread(io.BytesIO(data)) as raw:
+            _check_size(raw.sizes.width, raw.sizes.height, name)
+            rgb = raw.postprocess(use_camera_wb=True, no_auto_bright=True, output_bps=16,
+                                  gamma=(2.4, 12.92), output_color=rawpy.ColorSpace.sRGB)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - rawpy's LibRaw*Error family, MemoryError, ...
+        raise ImageReadError(_msg(name, f"corrupt or unsupported camera RAW data ({type(exc).__name__}: {exc})")) from None
+    return np.ascontiguousarray(rgb, dtype=np.uint16), 16
 
 
 # --------------------------------------------------------------------------- writing
 
 
-def _check_pixels(pixels, bit_depth) -> np.ndarray:
-    if isinstance(bit_depth, bool) or bit_depth not in (8, 16):
-        raise KmsrInputError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
+def _check_pixels(pixels, bit_depth, depths=(8, 16)) -> np.ndarray:
+    if isinstance(bit_depth, bool) or bit_depth not in depths:
+        allowed = ", ".join(map(str, depths[:-1])) + f" or {depths[-1]}"
+        raise KmsrInputError(f"bit_depth must be {allowed}, got {bit_depth!r}")
     arr = np.asarray(pixels)
-    integer_ok = (arr.dtype == np.uint8 and bit_depth == 8) or (arr.dtype == np.uint16 and bit_depth == 16)
+    integer_ok = (
+        (arr.dtype == np.uint8 and bit_depth in (8, 32))
+        or (arr.dtype == np.uint16 and bit_depth in (16, 32))
+    )
     if not (np.issubdtype(arr.dtype, np.floating) or integer_ok):
         raise KmsrInputError(
             f"pixels must be floating point with values in [0, 1] (or uint8 for 8-bit, uint16 for 16-bit "
@@ -517,30 +544,58 @@ def _check_pixels(pixels, bit_depth) -> np.ndarray:
     return arr
 
 
+def _quantise(arr: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Checked pixels as the samples to store: uint8/uint16 for 8/16 bits, float32 for 32."""
+    if bit_depth == 32:
+        if arr.dtype.kind == "u":
+            return (arr.astype(np.float64) / np.iinfo(arr.dtype).max).astype(np.float32)
+        return np.clip(arr, 0.0, 1.0).astype(np.float32)
+    if arr.dtype.kind == "u":
+        return arr  # already quantised samples of the requested depth (large images stay small)
+    maxval = 255 if bit_depth == 8 else 65535
+    quantised = np.rint(np.clip(arr.astype(np.float64), 0.0, 1.0) * maxval)
+    return quantised.astype(np.uint8 if bit_depth == 8 else np.uint16)
+
+
 def encode_png(pixels: np.ndarray, bit_depth: int = 8) -> bytes:
     """Encode float pixels in [0, 1] ((H, W) or (H, W, C), C in 1, 3, 4) as PNG bytes.
 
     Values are clipped to [0, 1] and rounded to the nearest of 2**bit_depth levels; uint8
     (8-bit) or uint16 (16-bit) samples are written as they are.
     """
-    arr = _check_pixels(pixels, bit_depth)
-    if arr.dtype.kind == "u":
-        samples = arr  # already quantised samples of the requested depth (large images stay small)
-    else:
-        maxval = 255 if bit_depth == 8 else 65535
-        quantised = np.rint(np.clip(arr.astype(np.float64), 0.0, 1.0) * maxval)
-        samples = quantised.astype(np.uint8 if bit_depth == 8 else np.uint16)
+    samples = _quantise(_check_pixels(pixels, bit_depth), bit_depth)
     channels = samples.shape[2]
     if bit_depth == 16 and channels > 1:
-        # Pillow cannot write 16-bit colour PNGs: use the small encoder above.
-        return _encode_png_raw(samples, 2 if channels == 3 else 6)
-    import io
+        # Pillow cannot write 16-bit colour PNGs: libpng through imagecodecs does.
+        import imagecodecs
 
+        return bytes(imagecodecs.png_encode(np.ascontiguousarray(samples)))
     from PIL import Image
 
     image = Image.fromarray(samples[..., 0] if channels == 1 else samples)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode_tiff(pixels: np.ndarray, bit_depth: int = 16) -> bytes:
+    """Encode pixels as a deflate-compressed TIFF: 8 or 16-bit integer samples (quantised as
+    :func:`encode_png` does) or, for ``bit_depth=32``, float32 samples clipped to [0, 1]
+    (uint8/uint16 input is divided by 255/65535). Grey is MINISBLACK, colour RGB, RGBA has
+    an unassociated alpha."""
+    import tifffile
+
+    samples = _quantise(_check_pixels(pixels, bit_depth, depths=(8, 16, 32)), bit_depth)
+    channels = samples.shape[2]
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        samples[..., 0] if channels == 1 else samples,
+        photometric="minisblack" if channels == 1 else "rgb",
+        extrasamples=("unassalpha",) if channels == 4 else None,
+        compression="zlib",
+        metadata=None,
+    )
     return buffer.getvalue()
 
 
@@ -551,7 +606,28 @@ def write_png(path: str | os.PathLike, pixels: np.ndarray, *, bit_depth: int = 8
     ``path``, so readers never see a half-written image and a failed write leaves any
     existing file intact.
     """
-    data = encode_png(pixels, bit_depth)
+    _write_bytes(path, encode_png(pixels, bit_depth))
+
+
+def write_image(path: str | os.PathLike, pixels: np.ndarray, *, bit_depth: int = 8) -> None:
+    """Write pixels atomically in the format the suffix of ``path`` names.
+
+    ``.tif``/``.tiff``: TIFF with ``bit_depth`` 8, 16 or 32 (float32 samples). ``.png`` and
+    "-" (standard output): PNG, with 32 (a float source) written as 16-bit. Other suffixes
+    are refused.
+    """
+    target = os.fsdecode(os.fspath(path))
+    suffix = os.path.splitext(target)[1].lower()
+    if target != "-" and suffix in _TIFF_SUFFIXES:
+        _write_bytes(target, encode_tiff(pixels, bit_depth))
+    elif target == "-" or suffix == ".png":
+        write_png(target, pixels, bit_depth=16 if bit_depth == 32 else bit_depth)
+    else:
+        raise KmsrInputError(f"cannot write {target!r}: kmsr writes .png, .tif and .tiff images, not {suffix or 'files without a suffix'}")
+
+
+def _write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """``data`` to ``path`` through a temporary file renamed over it ("-": standard output)."""
     target = os.fspath(path)
     if isinstance(target, bytes):
         target = os.fsdecode(target)
