@@ -54,7 +54,7 @@ def _targets(items: list[str], specs: list[str], out: str, many: bool, scale: in
     if out == "-":
         return {inp: "-" for inp in items}
     o = Path(out)
-    if not many and o.suffix.lower() == ".png":
+    if not many and o.suffix.lower() in (".png", ".tif", ".tiff"):
         return {items[0]: str(o)}
     names = _relative_names(items, specs)
     targets, owner = {}, {}
@@ -72,7 +72,7 @@ def _targets(items: list[str], specs: list[str], out: str, many: bool, scale: in
 
 def sr(
     inputs: Annotated[list[str], typer.Argument(help="Images: files, folders, globs, or - (image bytes on stdin).")],
-    out: Annotated[str, typer.Option("-o", "--out", help="Output PNG for one input (PNG only: another image suffix such as .jpg is a usage error), a folder for several (NAME_xS.png, keeping the sub-folders of an input folder), or - for PNG on stdout.")],
+    out: Annotated[str, typer.Option("-o", "--out", help="Output PNG for one input, or TIFF for a name ending .tif/.tiff (16-bit, float32 for a float input; PNG only otherwise: another image suffix such as .jpg is a usage error), a folder for several (NAME_xS.png, keeping the sub-folders of an input folder), or - for PNG on stdout.")],
     model: Annotated[str, typer.Option("--model", help="A .safetensors checkpoint, NAME:WEIGHTS (e.g. vdsr:vdsr.npz), spandrel:PATH (a published model, with the spandrel extra), bicubic, or a backbone name for kmsr's shipped model.")] = "kmsr",
     scale: Annotated[int | None, typer.Option("--scale", help="SR scale (default: the checkpoint's or spandrel model's, else 2).", min=1, max=16)] = None,
     tile: Annotated[int, typer.Option("--tile", help="Tile size in output pixels (0 = whole image at once).", min=0)] = 512,
@@ -104,14 +104,14 @@ def sr(
     """
     from kmsr_ops.backend import resolve_device
     from kmsr_ops.errors import ImageReadError
-    from kmsr_ops.image_io import read_image, write_png
+    from kmsr_ops.image_io import read_image, write_image
 
     from ..infer import UnusableImageError, super_resolve
     from ..models import resolve_model
 
-    if out != "-" and Path(out).suffix.lower() in _SUFFIXES - {".png"}:
+    if out != "-" and Path(out).suffix.lower() in _SUFFIXES - {".png", ".tif", ".tiff"}:
         # Writing PNG bytes under a .jpg name, or quietly renaming the output, would both surprise.
-        raise typer.BadParameter(f"{out}: kmsr sr writes PNG only (keeping 16-bit depth and alpha); "
+        raise typer.BadParameter(f"{out}: kmsr sr writes PNG only, or TIFF for -o NAME.tif (keeping 16-bit depth and alpha); "
                                  f"use -o {Path(out).with_suffix('.png')}", param_hint="'-o' / '--out'")
     if tile and tile < 16:  # usage: checked before any image is read (was exit 1 per image)
         raise typer.BadParameter(f"expected 0 (no tiling) or at least 16 pixels, found {tile}", param_hint="'--tile'")
@@ -147,7 +147,7 @@ def sr(
                 target = targets[inp]
                 if target != "-":
                     Path(target).parent.mkdir(parents=True, exist_ok=True)
-                write_png(target, pixels, bit_depth=img.bit_depth)
+                write_image(target, pixels, bit_depth=img.bit_depth)  # .tif: TIFF, else PNG
                 h, w = pixels.shape[:2]
                 results.append({"input": inp if inp != "-" else "<stdin>", "output": target, "width": w, "height": h,
                                 "scale": s, "seconds": round(time.perf_counter() - t0, 3)})
