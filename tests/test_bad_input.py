@@ -407,7 +407,7 @@ def test_sr_refuses_non_finite_output(tmp_path):
 
 
 # --------------------------------------------------------------------------- minor: sr -o o.jpg
-@pytest.mark.parametrize("name", ["o.jpg", "o.TIFF"])
+@pytest.mark.parametrize("name", ["o.jpg", "o.heic"])
 def test_sr_output_is_png_only(capsys, tmp_path, photo, name):
     out = tmp_path / name
     code, stdout, err = cli(capsys, "sr", photo, "-o", out, "--model", "bicubic", "--device", "cpu")

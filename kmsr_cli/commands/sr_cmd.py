@@ -91,7 +91,7 @@ def sr(
     Pre-upsampling models (KMSR, SRCNN, VDSR) get the MATLAB-bicubic-upscaled image; LR models
     (EDSR, DBPN) the image itself. Tiles with a margin of the network's receptive-field radius
     give exactly the untiled result. A file that cannot be read is reported and the others go
-    on; the exit code is then 1. The output is always PNG: `-o photo.jpg` is refused (exit 2).
+    on; the exit code is then 1. The output is PNG, or 16-bit TIFF for `-o NAME.tif`; `-o photo.jpg` is refused (exit 2).
     Into a folder, each image becomes NAME_xS.png under the same
     sub-folders as below the input folder it was found in (shots/a/x.png -> sr/a/x_x2.png); two
     inputs that would share an output are refused before anything is written.
