@@ -585,6 +585,12 @@ def _check_existing_output(out: Path, settings: Settings, fingerprint: dict, exi
         return ks.kernels(), ks.provenance()
 
 
+def shard_photos(photos: list[Path], shard: tuple[int, int]) -> list[Path]:
+    """Shard ``(i, N)``'s share of ``photos``: every N-th photo from the i-th (0-based)."""
+    si, sn = shard
+    return [p for i, p in enumerate(photos) if i % sn == si]
+
+
 def run_estimate(host, photos: list[Path], out: Path, settings: Settings, **kwargs) -> EstimateSummary:
     """Estimate kernels for ``photos`` (this shard's share) and write/extend ``out`` atomically.
 
@@ -595,6 +601,10 @@ def run_estimate(host, photos: list[Path], out: Path, settings: Settings, **kwar
     (and discards another run's ``OUT.partial/``).
     ``progress(event, **info)`` is called with ``photo`` (after each photo), ``planned``
     (number of new patches queued) and ``kernel`` (after each kernel).
+
+    In this process (no ``workers`` > 1 on the CPU, no ``dask``), an estimator with
+    ``estimate_batch`` gets a photo's new patches as one stack (``rng`` seeded as the first
+    patch's would be); the others get one ``estimate`` call per patch.
 
     The run holds an exclusive lock on ``OUT.lock`` from start to end: a second run on the same
     output fails at once instead of sharing (and deleting) ``OUT.partial/``.
@@ -621,120 +631,200 @@ def _run_estimate_locked(
     if existing not in EXISTING:
         raise KmsrInputError(f"existing: expected one of {', '.join(EXISTING)}, found {existing!r}")
     t0 = time.perf_counter()
-    progress = progress or (lambda *a, **k: None)
-    warn = warn or (lambda msg: None)
     backend = host.get("estimators", settings.estimator)
     opts = _estimator_options(settings, device)
     est = backend.create(**opts)
     est_params = est.params() if hasattr(est, "params") else dict(opts)
-    si, sn = shard
-    mine = [p for i, p in enumerate(photos) if i % sn == si]
+    mine = shard_photos(photos, shard)
     summary = EstimateSummary(output=str(out), photos=len(photos), photos_in_shard=len(mine),
-                              shard=f"{si}/{sn}", estimator=settings.estimator)
+                              shard=f"{shard[0]}/{shard[1]}", estimator=settings.estimator)
 
     fingerprint = run_fingerprint(settings, est_params, photos, shard)
     old_kernels, old_prov = _check_existing_output(out, settings, fingerprint, existing)
     store = PartialStore(out, kernel_size=settings.kernel_size, warn=warn)
     store.claim(fingerprint, existing)
-    done = store.done_keys()
-    if old_prov is not None:
-        for p in old_prov.params:
-            try:
-                key = json.loads(p).get("unit")
-            except json.JSONDecodeError:
-                key = None
-            if key:
-                done.add(key)
+    done = store.done_keys() | _units_of(old_prov)
 
-    pool = None
-    window = 2 * workers
+    pool, window = _start_pool(settings, opts, device, workers, dask)
+    run = _PatchRun(settings, est, est_params, store, summary, pool, window,
+                    progress or (lambda *a, **k: None), warn or (lambda msg: None))
+    try:
+        for photo in mine:
+            run.photo(photo, done)
+        run.drain(0)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    parts = store.load()
+    kernels, prov = _assemble(old_kernels, old_prov, parts)
+    summary.kernels_total = len(kernels)
+    if kernels and (parts or old_kernels is None):
+        write_kernel_set(out, np.stack(kernels), prov, scale=settings.scale,
+                         description=f"kernels estimated by {settings.estimator} from photos (x{settings.scale})",
+                         extra_attrs={RUN_ATTR: json.dumps(fingerprint, sort_keys=True)})
+    if not kernels:
+        summary.output = None  # the caller reports it: summary.why_nothing() says why
+    store.clear()
+    summary.seconds = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def _units_of(prov: Provenance | None) -> set[str]:
+    """Unit keys recorded in the provenance of the kernels an output already holds."""
+    keys: set[str] = set()
+    if prov is None:
+        return keys
+    for p in prov.params:
+        try:
+            key = json.loads(p).get("unit")
+        except json.JSONDecodeError:
+            key = None
+        if key:
+            keys.add(key)
+    return keys
+
+
+def _start_pool(settings: Settings, opts: dict, device: str, workers: int, dask: str | None):
+    """The executor patches are submitted to (None: estimated in this process) and how many
+    may be in flight at once."""
     if dask is not None:
         if device != "cpu":
             raise CliError("--dask runs the estimator on the workers' CPUs; drop --device or use --device cpu")
         pool = DaskPool(dask, settings.estimator, opts)
-        window = 4 * pool.workers  # enough queued per worker to hide the scheduler's round trips
-    elif workers > 1 and device == "cpu":
+        return pool, 4 * pool.workers  # enough queued per worker to hide the scheduler's round trips
+    if workers > 1 and device == "cpu":
         # Spawned workers, one estimator each; one thread per worker so N workers use N cores.
         for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ.setdefault(var, "1")
         pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                       initargs=(settings.estimator, opts, os.getpid()))
-    in_flight: dict[cf.Future, tuple[Unit, dict]] = {}
+        return pool, 2 * workers
+    return None, 2 * workers
 
-    def finish(unit: Unit, prov: dict, kernel) -> None:
+
+def _unit_provenance(photo: Path, unit: Unit, sha: str, settings: Settings, est_params: dict) -> dict:
+    """The provenance row saved with a patch's kernel."""
+    return {
+        "origin": "estimated",
+        "source": str(photo),
+        "box": list(unit.box),
+        "method": settings.estimator,
+        "params": {"estimator": est_params, "unit": unit.key, "photo_sha256": sha,
+                   "scale": settings.scale, "criterion": settings.criterion,
+                   # A name that is not UTF-8: its exact bytes (source holds it escaped).
+                   **({"source_bytes_hex": raw} if (raw := path_bytes_hex(photo)) else {})},
+        "seed": settings.seed,
+        "index": unit.index,
+    }
+
+
+def _patch_seed(unit: Unit) -> int:
+    """The seed of the ``rng`` a patch is estimated with: a function of its unit key."""
+    return int(unit.key[:12], 16)
+
+
+class _PatchRun:
+    """The patches of one run: planned per photo, estimated here or in a pool, saved as they finish."""
+
+    def __init__(self, settings: Settings, est, est_params: dict, store: PartialStore, summary: EstimateSummary,
+                 pool, window: int, progress: Callable[..., None], warn: Callable[[str], None]):
+        self.settings, self.est, self.est_params = settings, est, est_params
+        self.store, self.summary, self.pool, self.window = store, summary, pool, window
+        self.progress, self.warn = progress, warn
+        self.batched = pool is None and callable(getattr(est, "estimate_batch", None))
+        self.in_flight: dict[cf.Future, tuple[Unit, dict]] = {}
+
+    def photo(self, photo: Path, done: set[str]) -> None:
+        """Plan one photo's patches and estimate (or submit) those not ``done``."""
+        settings, summary = self.settings, self.summary
+        try:
+            grey, sha = load_photo(photo, settings.scale)
+        except (ImageReadError, OSError) as exc:
+            summary.photos_skipped.append({"photo": str(photo), "reason": str(exc), "kind": "unreadable"})
+            self.warn(f"skipping {photo}: {exc}")
+            self.progress("photo")
+            return
+        planned, rejected, reason = plan_patches(grey, sha, str(photo), settings, self.est_params)
+        summary.patches_rejected += rejected
+        if reason:
+            summary.photos_skipped.append({"photo": str(photo), "reason": reason, "kind": _skip_kind(reason)})
+            self.warn(f"skipping {photo}: {reason}")
+        todo = [(u, p) for u, p in planned if u.key not in done]
+        summary.kernels_resumed += len(planned) - len(todo)
+        self.progress("planned", n=len(todo))
+        jobs = [(unit, patch, _unit_provenance(photo, unit, sha, settings, self.est_params)) for unit, patch in todo]
+        if self.pool is not None:
+            for unit, patch, prov in jobs:
+                fut = self.pool.submit(_worker_estimate, patch, settings.kernel_size, _patch_seed(unit))
+                self.in_flight[fut] = (unit, prov)
+                self.drain(self.window)
+        elif self.batched and jobs:
+            self.estimate_batch(photo, jobs)
+        else:
+            for unit, patch, prov in jobs:
+                self.estimate_one(photo, unit, patch, prov)
+        self.progress("photo")
+
+    def estimate_one(self, photo: Path, unit: Unit, patch: np.ndarray, prov: dict) -> None:
+        k = self.settings.kernel_size
+        try:
+            self.finish(unit, prov, self.est.estimate(patch, kernel_size=k, rng=np.random.default_rng(_patch_seed(unit))))
+        except KmsrInputError as exc:
+            self.failed(unit, str(exc))
+            self.warn(f"{photo} patch {unit.box}: {exc}")
+
+    def estimate_batch(self, photo: Path, jobs: list[tuple[Unit, np.ndarray, dict]]) -> None:
+        """A photo's patches (all of one size) in one ``estimate_batch`` call; one patch it
+        cannot use sends them all through ``estimate``, which names that patch."""
+        rng = np.random.default_rng(_patch_seed(jobs[0][0]))
+        try:
+            kernels = self.est.estimate_batch(np.stack([patch for _, patch, _ in jobs]),
+                                              kernel_size=self.settings.kernel_size, rng=rng)
+        except KmsrInputError:
+            for unit, patch, prov in jobs:
+                self.estimate_one(photo, unit, patch, prov)
+            return
+        kernels = np.asarray(kernels)
+        if kernels.ndim < 1 or kernels.shape[0] != len(jobs):
+            for unit, _, _ in jobs:
+                self.failed(unit, f"estimate_batch returned an invalid result (shape {kernels.shape} "
+                                  f"for {len(jobs)} patches)")
+            return
+        for (unit, _, prov), kernel in zip(jobs, kernels):
+            self.finish(unit, prov, kernel)
+
+    def failed(self, unit: Unit, reason: str) -> None:
+        self.summary.failed_patches.append({"photo": unit.photo, "box": list(unit.box), "reason": reason})
+
+    def finish(self, unit: Unit, prov: dict, kernel) -> None:
+        size = self.settings.kernel_size
         kernel = np.asarray(kernel, dtype=np.float64)
-        if kernel.shape != (settings.kernel_size, settings.kernel_size) or not np.isfinite(kernel).all() or kernel.sum() <= 0:
-            summary.failed_patches.append({"photo": unit.photo, "box": list(unit.box),
-                                           "reason": f"estimator returned an invalid kernel (shape {kernel.shape})"})
+        if kernel.shape != (size, size) or not np.isfinite(kernel).all() or kernel.sum() <= 0:
+            self.failed(unit, f"estimator returned an invalid kernel (shape {kernel.shape})")
             return
         kernel = np.clip(kernel, 0, None)
         kernel /= kernel.sum()
-        store.save(unit, kernel, prov)
-        summary.kernels_written += 1
-        progress("kernel")
+        self.store.save(unit, kernel, prov)
+        self.summary.kernels_written += 1
+        self.progress("kernel")
 
-    def drain(block_until: int) -> None:
-        while len(in_flight) > block_until:
-            finished, _ = cf.wait(list(in_flight), return_when=cf.FIRST_COMPLETED)
+    def drain(self, block_until: int) -> None:
+        """Wait until at most ``block_until`` patches are in flight, saving those that finish."""
+        while len(self.in_flight) > block_until:
+            finished, _ = cf.wait(list(self.in_flight), return_when=cf.FIRST_COMPLETED)
             for fut in finished:
-                unit, prov = in_flight.pop(fut)
+                unit, prov = self.in_flight.pop(fut)
                 try:
-                    finish(unit, prov, fut.result())
+                    self.finish(unit, prov, fut.result())
                 except Exception as exc:  # one bad patch must not lose the others; it is reported
-                    summary.failed_patches.append({"photo": unit.photo, "box": list(unit.box),
-                                                   "reason": f"{type(exc).__name__}: {exc}"})
-                    warn(f"{unit.photo} patch {unit.box}: estimation failed: {exc}")
+                    self.failed(unit, f"{type(exc).__name__}: {exc}")
+                    self.warn(f"{unit.photo} patch {unit.box}: estimation failed: {exc}")
 
-    try:
-        for photo in mine:
-            try:
-                grey, sha = load_photo(photo, settings.scale)
-            except (ImageReadError, OSError) as exc:
-                summary.photos_skipped.append({"photo": str(photo), "reason": str(exc), "kind": "unreadable"})
-                warn(f"skipping {photo}: {exc}")
-                progress("photo")
-                continue
-            planned, rejected, reason = plan_patches(grey, sha, str(photo), settings, est_params)
-            summary.patches_rejected += rejected
-            if reason:
-                summary.photos_skipped.append({"photo": str(photo), "reason": reason, "kind": _skip_kind(reason)})
-                warn(f"skipping {photo}: {reason}")
-            todo = [(u, p) for u, p in planned if u.key not in done]
-            summary.kernels_resumed += len(planned) - len(todo)
-            progress("planned", n=len(todo))
-            for unit, patch in todo:
-                prov = {
-                    "origin": "estimated",
-                    "source": str(photo),
-                    "box": list(unit.box),
-                    "method": settings.estimator,
-                    "params": {"estimator": est_params, "unit": unit.key, "photo_sha256": sha,
-                               "scale": settings.scale, "criterion": settings.criterion,
-                               # A name that is not UTF-8: its exact bytes (source holds it escaped).
-                               **({"source_bytes_hex": raw} if (raw := path_bytes_hex(photo)) else {})},
-                    "seed": settings.seed,
-                    "index": unit.index,
-                }
-                patch_seed = int(unit.key[:12], 16)
-                if pool is None:
-                    try:
-                        k = est.estimate(patch, kernel_size=settings.kernel_size, rng=np.random.default_rng(patch_seed))
-                        finish(unit, prov, k)
-                    except KmsrInputError as exc:
-                        summary.failed_patches.append({"photo": unit.photo, "box": list(unit.box), "reason": str(exc)})
-                        warn(f"{photo} patch {unit.box}: {exc}")
-                else:
-                    fut = pool.submit(_worker_estimate, patch, settings.kernel_size, patch_seed)
-                    in_flight[fut] = (unit, prov)
-                    drain(window)
-            progress("photo")
-        drain(0)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
 
-    # Assemble: what the output already had, plus every finished partial kernel.
-    parts = store.load()
+def _assemble(old_kernels: np.ndarray | None, old_prov: Provenance | None, parts: list[tuple[np.ndarray, dict]]
+              ) -> tuple[list[np.ndarray], Provenance]:
+    """What the output already had, plus every finished partial kernel not already in it."""
     kernels: list[np.ndarray] = []
     prov = Provenance()
     have: set[str] = set()
@@ -751,14 +841,4 @@ def _run_estimate_locked(
         kernels.append(kernel)
         prov.append(origin=row["origin"], source=row["source"], method=row["method"], params=row["params"],
                     box=row["box"], seed=row["seed"], index=row["index"])
-    summary.kernels_total = len(kernels)
-    if kernels and (parts or old_kernels is None):
-        write_kernel_set(out, np.stack(kernels), prov, scale=settings.scale,
-                         description=f"kernels estimated by {settings.estimator} from photos (x{settings.scale})",
-                         extra_attrs={RUN_ATTR: json.dumps(fingerprint, sort_keys=True)})
-    if not kernels:
-        summary.output = None  # the caller reports it: summary.why_nothing() says why
-    store.clear()
-    summary.seconds = round(time.perf_counter() - t0, 3)
-    return summary
-
+    return kernels, prov

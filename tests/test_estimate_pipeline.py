@@ -258,3 +258,82 @@ def test_workers_give_the_same_kernels(host, photos, tmp_path, monkeypatch):
     assert ka.keys() == kb.keys()
     for key in ka:
         np.testing.assert_allclose(ka[key], kb[key], atol=1e-5)
+
+
+class BatchMomentEstimator(MomentEstimator):
+    """The stand-in with ``estimate_batch``: records each call; ``refuse`` holds the means of
+    patches it cannot use (KmsrInputError from either method)."""
+
+    batches: list = []
+    singles = 0
+    refuse: set = set()
+
+    def estimate(self, patch, kernel_size=None, rng=None):
+        from kmsr_ops.errors import KmsrInputError
+
+        type(self).singles += 1
+        if round(float(patch.mean()), 6) in type(self).refuse:
+            raise KmsrInputError("patch: refused by the test")
+        return super().estimate(patch, kernel_size, rng)
+
+    def estimate_batch(self, patches, kernel_size=None, rng=None):
+        from kmsr_ops.errors import KmsrInputError
+
+        type(self).batches.append((patches.shape, patches.dtype, kernel_size, type(rng).__name__))
+        if any(round(float(p.mean()), 6) in type(self).refuse for p in patches):
+            raise KmsrInputError("patches: refused by the test")
+        # Each kernel computed independently of the pipeline: the Gaussian the stand-in gives.
+        return np.stack([gaussian_kernel(kernel_size, 0.8 + 2 * float(p.mean())) for p in patches])
+
+
+@pytest.fixture
+def batch_host(fresh_host):
+    MomentEstimator.calls = 0
+    MomentEstimator.fail_after = None
+    BatchMomentEstimator.batches, BatchMomentEstimator.singles, BatchMomentEstimator.refuse = [], 0, set()
+    plugin = types.SimpleNamespace(kmsr_register_estimators=hookimpl(lambda register: (
+        register("moment", MomentEstimator), register("moment-batch", BatchMomentEstimator))))
+    fresh_host.register_plugin(plugin, "test-estimators")
+    fresh_host.check()
+    fresh_host.collect()
+    return fresh_host
+
+
+def _by_patch(path):
+    with KernelSet(path) as ks:
+        prov = ks.provenance()
+        return {(src, tuple(box)): k for src, box, k in zip(prov.source, prov.box, ks.kernels())}
+
+
+def test_estimate_batch_is_used_and_gives_the_per_patch_kernels(batch_host, photos, tmp_path):
+    photo_list = discover_photos([str(photos)])
+    one = run_estimate(batch_host, photo_list, tmp_path / "one.h5", _settings())
+    assert MomentEstimator.calls == 9
+    MomentEstimator.calls = 0
+    many = run_estimate(batch_host, photo_list, tmp_path / "many.h5", _settings(estimator="moment-batch"))
+    # One call per photo with its 3 patches as a float32 stack; estimate() never called.
+    assert BatchMomentEstimator.batches == [((3, 128, 128), np.dtype(np.float32), 15, "Generator")] * 3
+    assert BatchMomentEstimator.singles == 0 and MomentEstimator.calls == 0
+    assert one.kernels_written == many.kernels_written == 9 and not many.failed_patches
+    a, b = _by_patch(tmp_path / "one.h5"), _by_patch(tmp_path / "many.h5")
+    assert a.keys() == b.keys() and len(a) == 9
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_estimate_batch_refusal_falls_back_to_naming_the_patch(batch_host, photos, tmp_path):
+    from kmsr_cli.estimate import load_photo
+
+    camera = photos / "camera.png"
+    run_estimate(batch_host, [camera], tmp_path / "all.h5", _settings(estimator="moment-batch"))
+    with KernelSet(tmp_path / "all.h5") as ks:
+        top, left, h, w = ks.provenance().box[1]
+    grey, _ = load_photo(camera, 1)
+    BatchMomentEstimator.batches = []
+    BatchMomentEstimator.refuse = {round(float(grey[top:top + h, left:left + w].astype(np.float32).mean()), 6)}
+    warnings = []
+    s = run_estimate(batch_host, [camera], tmp_path / "k.h5", _settings(estimator="moment-batch"), warn=warnings.append)
+    assert len(BatchMomentEstimator.batches) == 1 and BatchMomentEstimator.singles == 3
+    assert s.kernels_written == 2 and [f["box"] for f in s.failed_patches] == [[top, left, h, w]]
+    assert len(warnings) == 1 and "refused by the test" in warnings[0]
+    assert _by_patch(tmp_path / "k.h5").keys() == _by_patch(tmp_path / "all.h5").keys() - {(str(camera), (top, left, h, w))}

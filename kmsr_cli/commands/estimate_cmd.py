@@ -64,16 +64,37 @@ def estimate(
     """
     from kmsr_ops.backend import resolve_device
 
-    from ..estimate import Settings, discover_photos, parse_dask, parse_shard, run_estimate
+    from ..estimate import discover_photos, run_estimate, shard_photos
     from ..plugin_host import get_host
 
     if append and overwrite:
         raise typer.BadParameter("give --append or --overwrite, not both", param_hint="'--append' / '--overwrite'")
+    settings, shard_t = _checked_settings(scale=scale, patch=patch, per_image=per_image, kernel_size=kernel_size,
+                                          estimator=estimator, criterion=criterion, seed=seed, option=option,
+                                          shard=shard, dask=dask)
+    dev = resolve_device("cpu" if dask is not None and device == "auto" else device)  # Dask workers estimate on their CPUs
+    photo_list = discover_photos(photos, stdin=sys.stdin if "-" in photos else None)
+    host = get_host()
+    host.get("estimators", estimator)  # fail early, listing the installed ones, on an unknown name
+    n_workers = workers or _default_workers()
+
+    with make_progress(json_mode=json, extra_columns=(TextColumn("{task.fields[rate]}"),)) as prog:
+        on_progress, on_warn = _progress_callbacks(prog, len(shard_photos(photo_list, shard_t)))
+        summary = run_estimate(host, photo_list, out, settings, device=dev, workers=n_workers, shard=shard_t,
+                               progress=on_progress, warn=on_warn,
+                               existing="append" if append else "overwrite" if overwrite else "resume", dask=dask)
+    _report(summary, out, json)
+
+
+def _checked_settings(*, option, shard, dask, **fields):
+    """The run's Settings and shard; bad values of the options themselves are usage errors
+    (exit 2), as --help promises."""
     from kmsr_ops.errors import KmsrInputError
 
-    settings = Settings(scale=scale, patch=patch, per_image=per_image, kernel_size=kernel_size,
-                        estimator=estimator, criterion=criterion, seed=seed, options=parse_key_values(option))
-    try:  # bad values of the options themselves are usage errors (exit 2), as --help promises
+    from ..estimate import Settings, parse_dask, parse_shard
+
+    settings = Settings(**fields, options=parse_key_values(option))
+    try:
         settings.validate()
         shard_t = parse_shard(shard)
         if dask is not None:
@@ -81,38 +102,36 @@ def estimate(
     except KmsrInputError as exc:
         name, _, why = str(exc).partition(": ")
         raise typer.BadParameter(why or str(exc), param_hint=f"'--{name}'" if why else None) from None
-    dev = resolve_device("cpu" if dask is not None and device == "auto" else device)  # Dask workers estimate on their CPUs
-    photo_list = discover_photos(photos, stdin=sys.stdin if "-" in photos else None)
-    host = get_host()
-    host.get("estimators", estimator)  # fail early, listing the installed ones, on an unknown name
-    n_workers = workers or _default_workers()
-    mine = len([p for i, p in enumerate(photo_list) if i % shard_t[1] == shard_t[0]])
+    return settings, shard_t
 
-    warnings: list[str] = []
+
+def _progress_callbacks(prog, photos_in_shard: int):
+    """run_estimate's ``progress`` and ``warn``: bars for photos and kernels (with the rate),
+    and each warning printed above them."""
     started = time.perf_counter()
-    with make_progress(json_mode=json, extra_columns=(TextColumn("{task.fields[rate]}"),)) as prog:
-        t_photos = prog.add_task("photos", total=mine, rate="")
-        t_kernels = prog.add_task("kernels", total=0, rate="")
-        counts = {"kernels": 0}
+    t_photos = prog.add_task("photos", total=photos_in_shard, rate="")
+    t_kernels = prog.add_task("kernels", total=0, rate="")
+    counts = {"kernels": 0}
 
-        def on_progress(event, n=0):
-            if event == "photo":
-                prog.advance(t_photos)
-            elif event == "planned":
-                prog.update(t_kernels, total=(prog.tasks[t_kernels].total or 0) + n)
-            elif event == "kernel":
-                counts["kernels"] += 1
-                rate = counts["kernels"] / max(time.perf_counter() - started, 1e-9)
-                prog.update(t_kernels, advance=1, rate=f"{rate:.2f} kernels/s")
+    def on_progress(event, n=0):
+        if event == "photo":
+            prog.advance(t_photos)
+        elif event == "planned":
+            prog.update(t_kernels, total=(prog.tasks[t_kernels].total or 0) + n)
+        elif event == "kernel":
+            counts["kernels"] += 1
+            rate = counts["kernels"] / max(time.perf_counter() - started, 1e-9)
+            prog.update(t_kernels, advance=1, rate=f"{rate:.2f} kernels/s")
 
-        def on_warn(msg):
-            warnings.append(msg)
-            # One line each, never wrapped inside a path: warnings name files.
-            prog.console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+    def on_warn(msg):
+        # One line each, never wrapped inside a path: warnings name files.
+        prog.console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
-        summary = run_estimate(host, photo_list, out, settings, device=dev, workers=n_workers, shard=shard_t,
-                               progress=on_progress, warn=on_warn,
-                               existing="append" if append else "overwrite" if overwrite else "resume", dask=dask)
+    return on_progress, on_warn
+
+
+def _report(summary, out: Path, json: bool) -> None:
+    """The summary: one JSON document, or a line on stderr and the output's path on stdout."""
     doc = summary.as_dict()
     if json:
         emit_json(doc)
