@@ -197,6 +197,12 @@ def parse_pair_sets(items: Iterable[str] | None, scale: int) -> list[PairSet]:
     return sets
 
 
+def common_pair_count(pair_sets: list[PairSet]) -> int | None:
+    """The number of pairs every set holds (the tables' "mean over N pairs"); None when the sets differ."""
+    counts = {len(ps.pairs) for ps in pair_sets}
+    return counts.pop() if len(counts) == 1 else None
+
+
 def load_pairs(pair_set: PairSet, scale: int) -> None:
     """Read every pair's samples and check its sizes against ``scale`` (modcropping the HR by less than ``scale``)."""
     for pair in pair_set.pairs:

@@ -36,6 +36,48 @@ def _print_table(table) -> None:
     console.print(table)
 
 
+TileOpt = Annotated[int, typer.Option("--tile", help="Tile size in output pixels (0 = whole image); tiles are exact.", min=0)]
+MarkdownOpt = Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown (best per column in bold).")]
+
+
+def _check_flags(json: bool, csv: bool, markdown: bool, folder: Path | None, option: str) -> None:
+    """One output format at most; the folder of images to write (``option``) usable."""
+    if sum((json, csv, markdown)) > 1:
+        raise typer.BadParameter("choose one of --json, --csv, --markdown", param_hint="--json/--csv/--markdown")
+    if folder is not None:
+        from ..atomic import check_output_folder
+
+        check_output_folder(folder, option)
+
+
+def _set_printer(prog, json: bool, unit: str, count):
+    """``on_set`` for the runs: one line per finished test set (``count(set)`` of ``unit``s), best model first."""
+
+    def on_set(s, group, summary):
+        if json:  # --json promises a quiet stderr; the other formats write to stdout only
+            return
+        n = count(group)
+        best = max(summary, key=lambda r: r["psnr"])
+        prog.console.print(f"x{s} {escape(group.name)}: {n} {unit}{'s' if n != 1 else ''}; best {escape(best['model'])} "
+                           f"{best['psnr']:.2f} dB", highlight=False)
+
+    return on_set
+
+
+def _print_report(report, n: int | None, unit: str, *, json: bool, csv: bool, markdown: bool) -> None:
+    """The report on stdout in the chosen format (the rich table by default)."""
+    from ..bench import render_csv, render_markdown, rich_table
+
+    if json:
+        emit_json(report.document())
+    elif csv:
+        sys.stdout.write(render_csv(report.results))
+    elif markdown:
+        sys.stdout.write(render_markdown(report.summary, n, unit=unit))
+    else:
+        _print_table(rich_table(report.summary, n, unit=unit))
+
+
 @app.command("quality")
 def quality(
     hr: Annotated[
@@ -61,17 +103,15 @@ def quality(
         ),
     ] = ["bicubic,g1.25,g1.6,g1.7"],  # noqa: B006
     device: DeviceOpt = "auto",
-    tile: Annotated[int, typer.Option("--tile", help="Tile size in output pixels (0 = whole image); tiles are exact.", min=0)] = 512,
-    round_lr: Annotated[
-        bool, typer.Option("--round-lr", help="Round the LR images to the HR bit depth, as a saved LR PNG would be.")
-    ] = False,
+    tile: TileOpt = 512,
+    round_lr: Annotated[bool, typer.Option("--round-lr", help="Round the LR images to the HR bit depth, as a saved LR PNG would be.")] = False,
     out_images: Annotated[
         Path | None,
         typer.Option("--out-images", help="Also write every LR and SR image to DIR/KERNEL/xS/{_lr,MODEL}/IMAGE.png."),
     ] = None,
     json: JsonOpt = False,
     csv: Annotated[bool, typer.Option("--csv", help="Print CSV, one row per image, model, test set and scale.")] = False,
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown (best per column in bold).")] = False,
+    markdown: MarkdownOpt = False,
 ) -> None:
     """Y-PSNR and SSIM of SR models on LR test sets made from HR images (KMSR's Table 1 protocol).
 
@@ -101,49 +141,20 @@ def quality(
     """
     from kmsr_ops.backend import resolve_device
 
-    from ..bench import (
-        load_hr,
-        parse_kernels,
-        parse_models,
-        parse_scales,
-        render_csv,
-        render_markdown,
-        rich_table,
-        run_quality,
-    )
+    from ..bench import load_hr, parse_kernels, parse_models, parse_scales, run_quality
 
-    if sum((json, csv, markdown)) > 1:
-        raise typer.BadParameter("choose one of --json, --csv, --markdown", param_hint="--json/--csv/--markdown")
-    if out_images is not None:
-        from ..atomic import check_output_folder
-
-        check_output_folder(out_images, "--out-images")
+    _check_flags(json, csv, markdown, out_images, "--out-images")
     scale_list = parse_scales(scales)
     kernel_specs = parse_kernels(kernels)
     model_specs = parse_models(models)
     images = load_hr(hr)
     dev = resolve_device(device)
-    total = len(scale_list) * len(kernel_specs) * len(images) * len(model_specs)
     with make_progress(json_mode=json) as prog:
-        task = prog.add_task("SR + metrics", total=total)
-
-        def on_set(s, ks, summary):
-            if json:  # --json promises a quiet stderr; the other formats write to stdout only
-                return
-            best = max(summary, key=lambda r: r["psnr"])
-            prog.console.print(f"x{s} {escape(ks.name)}: {len(images)} image{'s' if len(images) != 1 else ''}; best {escape(best['model'])} "
-                               f"{best['psnr']:.2f} dB", highlight=False)
-
+        task = prog.add_task("SR + metrics", total=len(scale_list) * len(kernel_specs) * len(images) * len(model_specs))
+        on_set = _set_printer(prog, json, "image", lambda ks: len(images))
         report = run_quality(images, scale_list, kernel_specs, model_specs, device=dev, tile=tile, round_lr=round_lr,
                              out_images=out_images, on_step=lambda: prog.advance(task), on_set=on_set)
-    if json:
-        emit_json(report.document())
-    elif csv:
-        sys.stdout.write(render_csv(report.results))
-    elif markdown:
-        sys.stdout.write(render_markdown(report.summary, len(images)))
-    else:
-        _print_table(rich_table(report.summary, len(images)))
+    _print_report(report, len(images), "image", json=json, csv=csv, markdown=markdown)
     if out_images is not None:
         err.print(f"images written under {escape(str(out_images))}", highlight=False)
 
@@ -166,7 +177,7 @@ def real(
         ),
     ],
     device: DeviceOpt = "auto",
-    tile: Annotated[int, typer.Option("--tile", help="Tile size in output pixels (0 = whole image); tiles are exact.", min=0)] = 512,
+    tile: TileOpt = 512,
     save: Annotated[
         Path | None,
         typer.Option("--save", help="Write one labelled comparison strip per pair to DIR/SET/NAME.png: "
@@ -178,7 +189,7 @@ def real(
     ] = 128,
     json: JsonOpt = False,
     csv: Annotated[bool, typer.Option("--csv", help="Print CSV, one row per pair and model.")] = False,
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown (best per column in bold).")] = False,
+    markdown: MarkdownOpt = False,
 ) -> None:
     """Y-PSNR and SSIM of SR models on real camera HR/LR pairs, such as RealSR's.
 
@@ -210,40 +221,19 @@ def real(
     """
     from kmsr_ops.backend import resolve_device
 
-    from ..bench import parse_models, render_csv, render_markdown, rich_table
-    from ..bench_real import parse_pair_sets, run_real
+    from ..bench import parse_models
+    from ..bench_real import common_pair_count, parse_pair_sets, run_real
 
-    if sum((json, csv, markdown)) > 1:
-        raise typer.BadParameter("choose one of --json, --csv, --markdown", param_hint="--json/--csv/--markdown")
-    if save is not None:
-        from ..atomic import check_output_folder
-
-        check_output_folder(save, "--save")
+    _check_flags(json, csv, markdown, save, "--save")
     model_specs = parse_models(models)
     pair_sets = parse_pair_sets(pairs, scale)
     dev = resolve_device(device)
-    counts = {len(ps.pairs) for ps in pair_sets}
-    n_pairs = counts.pop() if len(counts) == 1 else None
     with make_progress(json_mode=json) as prog:
         task = prog.add_task("SR + metrics", total=sum(len(ps.pairs) for ps in pair_sets) * len(model_specs))
-
-        def on_set(s, ps, summary):
-            if json:
-                return
-            best = max(summary, key=lambda r: r["psnr"])
-            prog.console.print(f"x{s} {escape(ps.name)}: {len(ps.pairs)} pair{'s' if len(ps.pairs) != 1 else ''}; "
-                               f"best {escape(best['model'])} {best['psnr']:.2f} dB", highlight=False)
-
+        on_set = _set_printer(prog, json, "pair", lambda ps: len(ps.pairs))
         report = run_real(pair_sets, scale, model_specs, device=dev, tile=tile, save=save, crop=crop,
                           on_step=lambda: prog.advance(task), on_set=on_set)
-    if json:
-        emit_json(report.document())
-    elif csv:
-        sys.stdout.write(render_csv(report.results))
-    elif markdown:
-        sys.stdout.write(render_markdown(report.summary, n_pairs, unit="pair"))
-    else:
-        _print_table(rich_table(report.summary, n_pairs, unit="pair"))
+    _print_report(report, common_pair_count(pair_sets), "pair", json=json, csv=csv, markdown=markdown)
     if save is not None and not json:
         err.print(f"comparison strips written under {escape(str(save))}; report: {escape(str(save / 'index.html'))}",
                   highlight=False)
