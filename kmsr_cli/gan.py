@@ -365,116 +365,28 @@ def train_gan(
     the final ones collapsed (:mod:`kmsr_cli.gan_watch`); default ``iters // 20`` for runs of at
     least 200 iterations (shorter ones are not watched), 0 turns it off.
     """
-    import torch
-
     out = Path(out)
     log = log or (lambda msg: None)
-    if iters < 1:
-        raise KmsrInputError(f"iters: expected at least 1, found {iters}")
-    if samples_png is not None and sample_every < 1:
-        raise CliError("--samples-png needs --sample-every N (write the grid every N iterations)")
-    if sample_every > 0 and samples_png is None:
-        raise CliError("--sample-every needs --samples-png PATH (where to write the kernel grid)")
-    backend = host.get("generators", settings.get("generator") or "wgan-gp")
-    if not backend.info.get("trainable"):
-        raise CliError(f"generator {backend.name!r} (plugin {backend.plugin!r}) is not trainable")
-
-    state = None
-    if resume:
-        if not out.is_file():
-            raise CliError(f"{out}: no checkpoint to resume", hint="start a new run without --resume")
-        gan = backend.create(checkpoint=out, device=device)
-        meta = gan.metadata
-        state = _load_state_file(state_path_for(out))
-        saved = TrainSettings.from_json(state["settings"])
-        train_settings = _merge_resume_settings(saved, settings, out)
-        if str(state["iteration"]) != meta.get("iteration"):
-            raise CliError(
-                f"{out}: weights are at iteration {meta.get('iteration')} but {state_path_for(out)} is at "
-                f"{state['iteration']}; they do not belong together"
-            )
-    else:
-        train_settings = TrainSettings(**{k: v for k, v in settings.items() if v is not None})
-        # Initial weights from the run's seed, without disturbing the caller's global RNG.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(train_settings.seed))
-            gan = backend.create(device=device, width_mult=train_settings.width_mult, output=train_settings.output)
-
-    data = load_training_kernels(paths, kernel_size=int(gan.kernel_size))
-    if state is not None and state["training_set_sha256"] != data.sha256:
-        raise CliError(
-            f"{out}: was trained on another kernel set (fingerprint {state['training_set_sha256'][:12]}…, "
-            f"these files give {data.sha256[:12]}…)",
-            hint="resume with the same KERNELS.h5 files in the same order, or start a new run",
-        )
-    if len(data.kernels) < train_settings.batch:
-        log(f"warning: {len(data.kernels)} training kernels, fewer than the batch size {train_settings.batch}; batches repeat kernels")
-
+    backend = _trainable_backend(host, settings, iters, sample_every, samples_png)
+    gan, train_settings, state = _open_gan(backend, out, settings, device, resume)
+    data = _training_data(paths, gan, state, out, train_settings, log)
     trainer = GanTrainer(gan, data, train_settings, device)
-    start = 0
-    if state is not None:
-        warning = trainer.load_state(state, source=state_path_for(out))
-        if warning:
-            log(f"warning: {warning}")
-        start = trainer.iteration
-        log(f"resuming {out} at iteration {start}")
+    start = _resume_trainer(trainer, state, out, log)
     kmsr_meta = {"training_sets": json.dumps(data.paths)}
-    from .gan_watch import DEFAULT_CHECKS, MIN_WATCHED_ITERS, CollapseWatch
-
-    if watch_every is None:  # short runs (tests, smoke runs) are not watched unless asked
-        watch_every = iters // DEFAULT_CHECKS if iters >= MIN_WATCHED_ITERS else 0
-    if watch_every < 0:
-        raise KmsrInputError(f"watch_every: expected 0 (off) or a positive number, found {watch_every}")
-    watch = CollapseWatch(data.kernels, seed=int(train_settings.seed)) if watch_every else None
-    if watch is not None and start:
-        watch.observe(start, gan)  # the weights resumed from are a candidate too
-    preview_rng_seed = int(train_settings.seed) + 1
-    history_every = history_every or max(1, iters // 100)
-    history: list[dict] = []
-    checkpoints = 0
-    last: IterationStats | None = None
+    watch, watch_every = _collapse_watch(iters, watch_every, data, train_settings, gan, start)
+    plan = _LoopPlan(iters=iters, checkpoint_every=checkpoint_every, sample_every=sample_every,
+                     samples_png=samples_png, watch_every=watch_every,
+                     history_every=history_every or max(1, iters // 100),
+                     preview_seed=int(train_settings.seed) + 1, on_iteration=on_iteration, log=log)
     t0 = time.perf_counter()
-    try:
-        while trainer.iteration < iters:
-            last = trainer.step()
-            i = last.iteration
-            if on_iteration:
-                on_iteration(last)
-            if watch is not None and i % watch_every == 0 and i < iters:
-                watch.observe(i, gan)
-            if i % history_every == 0 or i == iters:
-                history.append({"iteration": i, "critic_loss": last.critic_loss, "wasserstein": last.wasserstein})
-            if checkpoint_every > 0 and i % checkpoint_every == 0 and i < iters:
-                save_training(trainer, data, out, kmsr_meta=kmsr_meta)
-                checkpoints += 1
-                log(f"iteration {i}/{iters}: critic loss {last.critic_loss:.4f}, Wasserstein estimate {last.wasserstein:.4f}; saved {out}")
-            if sample_every > 0 and i % sample_every == 0:
-                write_kernel_grid(samples_png, gan.draw(64, rng=np.random.default_rng(preview_rng_seed)))
-    except KeyboardInterrupt:
-        if trainer.iteration > start:
-            save_training(trainer, data, out, kmsr_meta=kmsr_meta)
-            log(f"interrupted: saved iteration {trainer.iteration} to {out}; continue with --resume")
-        raise
+    last, history, checkpoints = _train_loop(trainer, data, out, plan, watch, kmsr_meta, start)
     seconds = time.perf_counter() - t0
-    watched = None
-    if watch is not None:
-        watched = watch.finish(trainer.iteration, gan)
-        if watched["restored"]:
-            kmsr_meta["weights_from_iteration"] = str(watched["best_iteration"])
-            log(f"warning: the generator collapsed: its kernels' MMD to the training kernels rose from "
-                f"{watched['best_mmd']:.4f} at iteration {watched['best_iteration']} to {watched['last_mmd']:.4f} at "
-                f"iteration {trainer.iteration}; kept the weights of iteration {watched['best_iteration']}")
+    watched = _finish_watch(watch, trainer, kmsr_meta, log)
     if trainer.iteration > start or not out.exists() or (watched and watched["restored"]):
         save_training(trainer, data, out, kmsr_meta=kmsr_meta)
         checkpoints += 1
+    check = _sample_check(host, out, data, train_settings, trainer, backend.name, log)
     done = trainer.iteration - start
-    from .pool import width_check
-
-    sampled, _, _, _ = sample_from_checkpoint(host, out, len(data.kernels), seed=train_settings.seed,
-                                              device=str(trainer.device), generator=backend.name)
-    check = width_check(data.kernels, sampled)
-    if not check["passed"]:
-        log(f"warning: the generator's kernels do not look like its training kernels: {check['reason']}")
     return {
         "sample_check": check,
         "collapse_watch": watched,
@@ -496,6 +408,168 @@ def train_gan(
         "checkpoints_written": checkpoints,
         "history": history,
     }
+
+
+def _trainable_backend(host: PluginHost, settings: dict, iters: int, sample_every: int, samples_png):
+    """The generator backend to train, after the checks of train_gan's own arguments."""
+    if iters < 1:
+        raise KmsrInputError(f"iters: expected at least 1, found {iters}")
+    if samples_png is not None and sample_every < 1:
+        raise CliError("--samples-png needs --sample-every N (write the grid every N iterations)")
+    if sample_every > 0 and samples_png is None:
+        raise CliError("--sample-every needs --samples-png PATH (where to write the kernel grid)")
+    backend = host.get("generators", settings.get("generator") or "wgan-gp")
+    if not backend.info.get("trainable"):
+        raise CliError(f"generator {backend.name!r} (plugin {backend.plugin!r}) is not trainable")
+    return backend
+
+
+def _open_gan(backend, out: Path, settings: dict, device: str, resume: bool) -> tuple[object, TrainSettings, dict | None]:
+    """The networks, the run's settings and (with ``resume``) the saved training state."""
+    import torch
+
+    if not resume:
+        train_settings = TrainSettings(**{k: v for k, v in settings.items() if v is not None})
+        # Initial weights from the run's seed, without disturbing the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(train_settings.seed))
+            gan = backend.create(device=device, width_mult=train_settings.width_mult, output=train_settings.output)
+        return gan, train_settings, None
+    if not out.is_file():
+        raise CliError(f"{out}: no checkpoint to resume", hint="start a new run without --resume")
+    gan = backend.create(checkpoint=out, device=device)
+    meta = gan.metadata
+    state = _load_state_file(state_path_for(out))
+    saved = TrainSettings.from_json(state["settings"])
+    train_settings = _merge_resume_settings(saved, settings, out)
+    if str(state["iteration"]) != meta.get("iteration"):
+        raise CliError(
+            f"{out}: weights are at iteration {meta.get('iteration')} but {state_path_for(out)} is at "
+            f"{state['iteration']}; they do not belong together"
+        )
+    return gan, train_settings, state
+
+
+def _training_data(paths, gan, state: dict | None, out: Path, train_settings: TrainSettings,
+                   log: Callable[[str], None]) -> TrainingData:
+    """The training kernels, checked against a resumed run's fingerprint."""
+    data = load_training_kernels(paths, kernel_size=int(gan.kernel_size))
+    if state is not None and state["training_set_sha256"] != data.sha256:
+        raise CliError(
+            f"{out}: was trained on another kernel set (fingerprint {state['training_set_sha256'][:12]}…, "
+            f"these files give {data.sha256[:12]}…)",
+            hint="resume with the same KERNELS.h5 files in the same order, or start a new run",
+        )
+    if len(data.kernels) < train_settings.batch:
+        log(f"warning: {len(data.kernels)} training kernels, fewer than the batch size {train_settings.batch}; batches repeat kernels")
+    return data
+
+
+def _resume_trainer(trainer: GanTrainer, state: dict | None, out: Path, log: Callable[[str], None]) -> int:
+    """Restore a saved state into ``trainer``; returns the iteration the run starts at."""
+    if state is None:
+        return 0
+    warning = trainer.load_state(state, source=state_path_for(out))
+    if warning:
+        log(f"warning: {warning}")
+    log(f"resuming {out} at iteration {trainer.iteration}")
+    return trainer.iteration
+
+
+def _collapse_watch(iters: int, watch_every: int | None, data: TrainingData, train_settings: TrainSettings,
+                    gan, start: int):
+    """The run's CollapseWatch (None when off) and how often it scores the generator."""
+    from .gan_watch import DEFAULT_CHECKS, MIN_WATCHED_ITERS, CollapseWatch
+
+    if watch_every is None:  # short runs (tests, smoke runs) are not watched unless asked
+        watch_every = iters // DEFAULT_CHECKS if iters >= MIN_WATCHED_ITERS else 0
+    if watch_every < 0:
+        raise KmsrInputError(f"watch_every: expected 0 (off) or a positive number, found {watch_every}")
+    watch = CollapseWatch(data.kernels, seed=int(train_settings.seed)) if watch_every else None
+    if watch is not None and start:
+        watch.observe(start, gan)  # the weights resumed from are a candidate too
+    return watch, watch_every
+
+
+@dataclass
+class _LoopPlan:
+    """What train_gan's loop does besides stepping, and how often."""
+
+    iters: int
+    checkpoint_every: int
+    sample_every: int
+    samples_png: str | os.PathLike | None
+    watch_every: int
+    history_every: int
+    preview_seed: int
+    on_iteration: Callable[[IterationStats], None] | None
+    log: Callable[[str], None]
+
+
+def _train_loop(trainer: GanTrainer, data: TrainingData, out: Path, plan: _LoopPlan, watch, kmsr_meta: dict,
+                start: int) -> tuple[IterationStats | None, list[dict], int]:
+    """Step up to ``plan.iters``: (last stats, history, checkpoints written). An interrupted run
+    saves what it reached before the KeyboardInterrupt goes on."""
+    history: list[dict] = []
+    checkpoints = 0
+    last: IterationStats | None = None
+    try:
+        while trainer.iteration < plan.iters:
+            last = trainer.step()
+            checkpoints += _after_step(last, trainer, data, out, plan, watch, kmsr_meta, history)
+    except KeyboardInterrupt:
+        if trainer.iteration > start:
+            save_training(trainer, data, out, kmsr_meta=kmsr_meta)
+            plan.log(f"interrupted: saved iteration {trainer.iteration} to {out}; continue with --resume")
+        raise
+    return last, history, checkpoints
+
+
+def _after_step(last: IterationStats, trainer: GanTrainer, data: TrainingData, out: Path, plan: _LoopPlan,
+                watch, kmsr_meta: dict, history: list[dict]) -> int:
+    """Report, watch, record, save and preview after one iteration; returns 1 if it saved."""
+    i, iters, gan = last.iteration, plan.iters, trainer.gan
+    saved = 0
+    if plan.on_iteration:
+        plan.on_iteration(last)
+    if watch is not None and i % plan.watch_every == 0 and i < iters:
+        watch.observe(i, gan)
+    if i % plan.history_every == 0 or i == iters:
+        history.append({"iteration": i, "critic_loss": last.critic_loss, "wasserstein": last.wasserstein})
+    if plan.checkpoint_every > 0 and i % plan.checkpoint_every == 0 and i < iters:
+        save_training(trainer, data, out, kmsr_meta=kmsr_meta)
+        saved = 1
+        plan.log(f"iteration {i}/{iters}: critic loss {last.critic_loss:.4f}, Wasserstein estimate {last.wasserstein:.4f}; saved {out}")
+    if plan.sample_every > 0 and i % plan.sample_every == 0:
+        write_kernel_grid(plan.samples_png, gan.draw(64, rng=np.random.default_rng(plan.preview_seed)))
+    return saved
+
+
+def _finish_watch(watch, trainer: GanTrainer, kmsr_meta: dict, log: Callable[[str], None]) -> dict | None:
+    """The watch's verdict; after a collapse the best weights are back in the generator and
+    ``kmsr_meta`` records their iteration."""
+    if watch is None:
+        return None
+    watched = watch.finish(trainer.iteration, trainer.gan)
+    if watched["restored"]:
+        kmsr_meta["weights_from_iteration"] = str(watched["best_iteration"])
+        log(f"warning: the generator collapsed: its kernels' MMD to the training kernels rose from "
+            f"{watched['best_mmd']:.4f} at iteration {watched['best_iteration']} to {watched['last_mmd']:.4f} at "
+            f"iteration {trainer.iteration}; kept the weights of iteration {watched['best_iteration']}")
+    return watched
+
+
+def _sample_check(host: PluginHost, out: Path, data: TrainingData, train_settings: TrainSettings,
+                  trainer: GanTrainer, generator: str, log: Callable[[str], None]) -> dict:
+    """Widths of kernels sampled from the saved checkpoint against the training kernels'."""
+    from .pool import width_check
+
+    sampled, _, _, _ = sample_from_checkpoint(host, out, len(data.kernels), seed=train_settings.seed,
+                                              device=str(trainer.device), generator=generator)
+    check = width_check(data.kernels, sampled)
+    if not check["passed"]:
+        log(f"warning: the generator's kernels do not look like its training kernels: {check['reason']}")
+    return check
 
 
 # --------------------------------------------------------------------------- previews and sampling

@@ -34,47 +34,69 @@ def _device(device: str) -> str:
         raise CliError(str(exc)) from None
 
 
+# The options of `kmsr gan train`.
+_Kernels = Annotated[list[Path], typer.Argument(help="Kernel sets to learn from (.h5, 25x25, one scale).")]
+_Out = Annotated[Path, typer.Option("-o", "--out", help="Checkpoint to write (.safetensors); GAN.state.pt goes beside it.")]
+_Iters = Annotated[int, typer.Option("--iters", help="Total generator iterations (each after --critic-steps critic updates).", min=1)]
+_Batch = Annotated[int | None, typer.Option("--batch", help="Batch size [default: 32].", min=1)]
+_Loss = Annotated[
+    str | None,
+    typer.Option("--loss", help="gp: WGAN-GP, Adam 1e-4 (the paper) [default]; clip: weight clipping, RMSprop 5e-5 (the release)."),
+]
+_CriticSteps = Annotated[int | None, typer.Option("--critic-steps", help="Critic updates per generator update [default: 5].", min=1)]
+_Lr = Annotated[float | None, typer.Option("--lr", help="Learning rate [default: 1e-4 for gp, 5e-5 for clip].")]
+_GpLambda = Annotated[float | None, typer.Option("--gp-lambda", help="Gradient-penalty weight [default: 10].")]
+_ClipValue = Annotated[float | None, typer.Option("--clip-value", help="Critic weight clip for --loss clip [default: 0.01].")]
+_Augment = Annotated[
+    bool | None, typer.Option("--augment/--no-augment", help="Random flips/transposes of training kernels [default: off].")
+]
+_WidthMult = Annotated[
+    float | None,
+    typer.Option("--width-mult", help="Channel multiplier [default: 1.0, the paper's network]; e.g. 0.0625 for a small CPU model."),
+]
+_KernelOutput = Annotated[
+    str | None,
+    typer.Option("--kernel-output", help="How G's last map becomes a kernel: relu then / sum [default]; clip to [0,1] then / sum (the release); softmax."),
+]
+_CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", help="Save every N iterations (0: only at the end).", min=0)]
+_WatchEvery = Annotated[
+    int | None,
+    typer.Option("--watch-every", help="Score the generator every N iterations (MMD of its kernels to the training "
+                 "kernels) and keep the best weights if the final ones are 1.5x worse (a collapse) "
+                 "[default: --iters / 20 from 200 iterations on; 0: off].", min=0),
+]
+_SampleEvery = Annotated[int, typer.Option("--sample-every", help="Write a grid of 64 generated kernels every N iterations.", min=0)]
+_SamplesPng = Annotated[Path | None, typer.Option("--samples-png", help="Where --sample-every writes its grid (PNG).")]
+_Resume = Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out (and its .state.pt) up to --iters.")]
+_Generator = Annotated[
+    str | None,
+    typer.Option("--generator", help="Trainable generator plugin [default: wgan-gp, the paper's]; `kmsr plugins` lists them."),
+]
+_TrainSeed = Annotated[int | None, typer.Option("--seed", help="Random seed of a new run [default: 0]; a resumed run keeps its own.", min=0)]
+
+
 @app.command("train")
 def train(
-    kernels: Annotated[list[Path], typer.Argument(help="Kernel sets to learn from (.h5, 25x25, one scale).")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Checkpoint to write (.safetensors); GAN.state.pt goes beside it.")],
-    iters: Annotated[int, typer.Option("--iters", help="Total generator iterations (each after --critic-steps critic updates).", min=1)] = 20000,
-    batch: Annotated[int | None, typer.Option("--batch", help="Batch size [default: 32].", min=1)] = None,
-    loss: Annotated[
-        str | None,
-        typer.Option("--loss", help="gp: WGAN-GP, Adam 1e-4 (the paper) [default]; clip: weight clipping, RMSprop 5e-5 (the release)."),
-    ] = None,
-    critic_steps: Annotated[int | None, typer.Option("--critic-steps", help="Critic updates per generator update [default: 5].", min=1)] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate [default: 1e-4 for gp, 5e-5 for clip].")] = None,
-    gp_lambda: Annotated[float | None, typer.Option("--gp-lambda", help="Gradient-penalty weight [default: 10].")] = None,
-    clip_value: Annotated[float | None, typer.Option("--clip-value", help="Critic weight clip for --loss clip [default: 0.01].")] = None,
-    augment: Annotated[
-        bool | None, typer.Option("--augment/--no-augment", help="Random flips/transposes of training kernels [default: off].")
-    ] = None,
-    width_mult: Annotated[
-        float | None,
-        typer.Option("--width-mult", help="Channel multiplier [default: 1.0, the paper's network]; e.g. 0.0625 for a small CPU model."),
-    ] = None,
-    output: Annotated[
-        str | None,
-        typer.Option("--kernel-output", help="How G's last map becomes a kernel: relu then / sum [default]; clip to [0,1] then / sum (the release); softmax."),
-    ] = None,
-    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save every N iterations (0: only at the end).", min=0)] = 1000,
-    watch_every: Annotated[
-        int | None,
-        typer.Option("--watch-every", help="Score the generator every N iterations (MMD of its kernels to the training "
-                     "kernels) and keep the best weights if the final ones are 1.5x worse (a collapse) "
-                     "[default: --iters / 20 from 200 iterations on; 0: off].", min=0),
-    ] = None,
-    sample_every: Annotated[int, typer.Option("--sample-every", help="Write a grid of 64 generated kernels every N iterations.", min=0)] = 0,
-    samples_png: Annotated[Path | None, typer.Option("--samples-png", help="Where --sample-every writes its grid (PNG).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out (and its .state.pt) up to --iters.")] = False,
-    generator: Annotated[
-        str | None,
-        typer.Option("--generator", help="Trainable generator plugin [default: wgan-gp, the paper's]; `kmsr plugins` lists them."),
-    ] = None,
+    kernels: _Kernels,
+    out: _Out,
+    iters: _Iters = 20000,
+    batch: _Batch = None,
+    loss: _Loss = None,
+    critic_steps: _CriticSteps = None,
+    lr: _Lr = None,
+    gp_lambda: _GpLambda = None,
+    clip_value: _ClipValue = None,
+    augment: _Augment = None,
+    width_mult: _WidthMult = None,
+    output: _KernelOutput = None,
+    checkpoint_every: _CheckpointEvery = 1000,
+    watch_every: _WatchEvery = None,
+    sample_every: _SampleEvery = 0,
+    samples_png: _SamplesPng = None,
+    resume: _Resume = False,
+    generator: _Generator = None,
     device: DeviceOpt = "auto",
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed of a new run [default: 0]; a resumed run keeps its own.", min=0)] = None,
+    seed: _TrainSeed = None,
     json: JsonOpt = False,
 ) -> None:
     """Train the KMSR kernel GAN on estimated (or any) 25x25 kernel sets.
@@ -101,28 +123,31 @@ def train(
 
         kmsr gan train motion.h5 -o small.safetensors --width-mult 0.0625 --lr 1e-3 --iters 1500 --device cpu
     """
-    from ..gan import train_gan
-    from ..plugin_host import get_host
-
     settings = {
         "loss": loss, "batch": batch, "critic_steps": critic_steps, "lr": lr, "gp_lambda": gp_lambda,
         "clip_value": clip_value, "augment": augment, "width_mult": width_mult, "output": output, "seed": seed,
         "generator": generator,
     }
-    from ..limits import check_memory
+    dev = _check_train_args(kernels, out, batch, device)
+    summary = _train_with_progress(
+        kernels, out, json, iters=iters, settings=settings, device=dev, resume=resume,
+        checkpoint_every=checkpoint_every, sample_every=sample_every, samples_png=samples_png, watch_every=watch_every,
+    )
+    if json:
+        emit_json(summary)
+        return
+    _report_training(summary)
 
-    if batch is not None:
-        # Real and generated 25x25 kernels and their gradients, float32: at least 10 kB a kernel.
-        check_memory(16.0 * batch * 25 * 25, f"gan train --batch {batch}", hint="a smaller --batch (the paper uses 32)")
-    dev = _device(device)
-    if out.suffix != ".safetensors":
-        raise CliError(f"{out}: the checkpoint is a safetensors file; name it *.safetensors")
-    if out.resolve() in {p.resolve() for p in kernels}:
-        raise CliError(f"{out}: the output is also an input")
+
+def _train_with_progress(kernels: list[Path], out: Path, json: bool, **options) -> dict:
+    """train_gan with a progress bar (critic loss, Wasserstein estimate) and its log lines."""
+    from ..gan import train_gan
+    from ..plugin_host import get_host
+
     show = progress_enabled(json)
     columns = (TextColumn("critic {task.fields[critic]}  W {task.fields[w]}"),)
     with make_progress(json_mode=json, extra_columns=columns) as progress:
-        task = progress.add_task("training", total=iters, critic="-", w="-")
+        task = progress.add_task("training", total=options["iters"], critic="-", w="-")
 
         def on_iteration(st):
             progress.update(task, completed=st.iteration, critic=f"{st.critic_loss:+.4f}", w=f"{st.wasserstein:.4f}")
@@ -133,14 +158,26 @@ def train(
             elif not json or msg.startswith("warning"):
                 err.print(escape(msg), highlight=False)
 
-        summary = train_gan(
-            get_host(), kernels, out, iters=iters, settings=settings, device=dev, resume=resume,
-            checkpoint_every=checkpoint_every, sample_every=sample_every, samples_png=samples_png,
-            on_iteration=on_iteration, log=say, watch_every=watch_every,
-        )
-    if json:
-        emit_json(summary)
-        return
+        return train_gan(get_host(), kernels, out, on_iteration=on_iteration, log=say, **options)
+
+
+def _check_train_args(kernels: list[Path], out: Path, batch: int | None, device: str) -> str:
+    """Refuse what cannot work before training starts; returns the device to train on."""
+    from ..limits import check_memory
+
+    if batch is not None:
+        # Real and generated 25x25 kernels and their gradients, float32: at least 10 kB a kernel.
+        check_memory(16.0 * batch * 25 * 25, f"gan train --batch {batch}", hint="a smaller --batch (the paper uses 32)")
+    dev = _device(device)
+    if out.suffix != ".safetensors":
+        raise CliError(f"{out}: the checkpoint is a safetensors file; name it *.safetensors")
+    if out.resolve() in {p.resolve() for p in kernels}:
+        raise CliError(f"{out}: the output is also an input")
+    return dev
+
+
+def _report_training(summary: dict) -> None:
+    """What the run did and how its samples compare, on stderr; the checkpoint's path on stdout."""
     err.print(escape(
         f"trained {summary['iterations'] - summary['start_iteration']} iterations ({summary['iterations']} in all) on "
         f"{summary['training_kernels']} kernels: critic loss {summary['critic_loss']}, Wasserstein estimate {summary['wasserstein']}"
