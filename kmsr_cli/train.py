@@ -16,8 +16,9 @@ Run folder (``-o RUN_DIR``):
 - ``config.json``: the resolved configuration; ``log.jsonl``: one line per epoch.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the same command trains with DistributedDataParallel:
-gloo on the CPU, NCCL on GPUs; ``--batch`` is the global batch, split over the processes, and
-rank 0 writes the run folder. :class:`SRTrainer` is the run.
+gloo on the CPU, NCCL on GPUs; ``--batch`` is the global batch: every process draws the same
+global batch and trains on its share of the rows, so the steps are those of one process with the
+same ``--batch`` and seed. Rank 0 writes the run folder. :class:`SRTrainer` is the run.
 """
 
 from __future__ import annotations
@@ -387,6 +388,11 @@ class SRTrainer:
     saved configuration, data and pool fingerprint are checked against this one). :meth:`run`
     trains to the end of the schedule, ``--max-steps`` or the time budget; it is made of
     :meth:`step`, :meth:`validate` (each epoch) and :meth:`save` (checkpoints).
+
+    Under torchrun (world size > 1) every rank draws the same global batch of ``cfg.batch``
+    patches from the same random streams (rank 0's seeds), degrades all of it, and trains on rows
+    ``rank::world`` of it; DDP averages the gradients. So N processes take the steps one process
+    takes with the same ``--batch`` and seed, up to the rounding of the gradient all-reduce.
     """
 
     def __init__(self, cfg: TrainConfig, host, *, resume: bool = False, log: Callable[[str], None] | None = None):
@@ -498,8 +504,9 @@ class SRTrainer:
         images, self.train_names = load_hr_images(cfg.data, default=SKIMAGE_TRAIN)
         self.val_images, self.val_names = (load_hr_images(cfg.val, default=SKIMAGE_VAL) if (cfg.val or not cfg.data)
                                            else ([], []))
-        self.g_data = torch.Generator().manual_seed(cfg.seed * 1000 + 2 * self.rank + 1)
-        self.g_deg = torch.Generator().manual_seed(cfg.seed * 1000 + 2 * self.rank + 2)
+        # The same seeds on every rank: each rank draws the whole global batch and keeps its rows (see step()).
+        self.g_data = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
+        self.g_deg = torch.Generator().manual_seed(cfg.seed * 1000 + 2)
         self.sampler = PatchSampler(images, cfg.patch, self.g_data)
 
     def _build_optimiser(self) -> None:
@@ -697,12 +704,18 @@ class SRTrainer:
         return float(np.mean(vals))
 
     def step(self) -> float:
-        """One optimisation step on this rank's share of the batch; returns this rank's loss."""
+        """One optimisation step; returns this rank's loss.
+
+        Every rank draws and degrades the whole global batch with the shared streams and trains on
+        rows ``rank::world`` of it: the global batch is the one a single process would train on.
+        """
         import torch
 
-        hr = self.sampler(self.cfg.batch // self.world).to(self.device, non_blocking=True).float().div_(255)
+        hr = self.sampler(self.cfg.batch).to(self.device, non_blocking=True).float().div_(255)
         with torch.no_grad():
             x, y = self.degrade(hr, self.g_deg)
+        if self.distributed:
+            x, y = x[self.rank :: self.world].contiguous(), y[self.rank :: self.world].contiguous()
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             out = self.net(x)
             loss = self.loss_fn(out.float(), y)

@@ -111,11 +111,19 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path):
         run_training(_cfg(tmp_path / "empty"), host, resume=True)
 
 
-def test_ddp_two_cpu_processes(tmp_path):
+def test_ddp_two_cpu_processes_take_the_single_process_steps(tmp_path):
+    """Two gloo processes with global --batch 4 end with the weights of one process with --batch 4.
+
+    Every rank draws the same global batch (same seed, data and augmentation) and trains on rows
+    rank::2 of it; DDP averages the two half-batch gradients, which is the full-batch gradient. So
+    after 3 Adam steps the weights agree to float rounding. The oracle is the plain single-process
+    run; a DDP run whose ranks drew their own patches would differ by about the learning rate.
+    """
+    opts = ["--backbone", "kmsr", "--option", "blocks=1", "--option", "filters=8", "--degradation", "bicubic",
+            "--patch", "32", "--batch", "4", "--epochs", "1", "--iters-per-epoch", "3", "--lr", "1e-3",
+            "--seed", "5", "--device", "cpu", "--json"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "kmsr_cli", "train", "--backbone", "kmsr", "--option", "blocks=1", "--option", "filters=8",
-           "--degradation", "bicubic", "--patch", "32", "--batch", "4", "--epochs", "1", "--iters-per-epoch", "3",
-           "--device", "cpu", "-o", str(tmp_path / "ddp"), "--json"]
+           "-m", "kmsr_cli", "train", *opts, "-o", str(tmp_path / "ddp")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KMSR_")}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -126,6 +134,19 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert cfg["world_size"] == 2
     state = torch.load(tmp_path / "ddp" / "state.pt", weights_only=True)
     assert "g_data_1" in state  # both ranks' generators saved for resume
+
+    single = run_training(_cfg(tmp_path / "one", iters_per_epoch=3, seed=5), get_host())  # the same run, 1 process
+    assert single.steps == 3
+    w_ddp = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    w_one = load_file(str(tmp_path / "one" / "model.safetensors"))
+    torch.manual_seed(5)  # the weights both runs started from
+    start = get_host().get("backbones", "kmsr").create(scale=2, **TINY).state_dict()
+    assert w_ddp.keys() == w_one.keys() == start.keys()
+    moved = max(float((w_one[k] - start[k]).abs().max()) for k in start)
+    assert moved > 1e-3  # 3 steps of Adam at lr 1e-3: far more than the tolerance below
+    for k in w_one:
+        torch.testing.assert_close(w_ddp[k], w_one[k], atol=1e-5, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
+    assert doc["val_psnr_y"] == pytest.approx(single.val_psnr, abs=1e-3)  # validated on chelsea by both
 
 
 def test_resume_refuses_a_pool_rebuilt_at_the_same_path(tmp_path, write_set, random_kernels):
