@@ -114,3 +114,43 @@ def test_bad_arguments():
         super_resolve(model, _image(8, 8, 3), tile=4)
     with pytest.raises(KmsrInputError, match="model input"):
         SRModel(nn.Identity(), scale=2, input="hr")
+
+
+def _dihedral_mean(net, x: torch.Tensor) -> torch.Tensor:
+    """The x8 self-ensemble written out with torch ops: net on each flip/turn of x, mapped back."""
+    outs = []
+    for k in range(4):
+        for flip in (False, True):
+            t = torch.rot90(x, k, dims=(-2, -1))
+            t = torch.flip(t, dims=(-1,)) if flip else t
+            with torch.no_grad():
+                y = net(t)
+            y = torch.flip(y, dims=(-1,)) if flip else y
+            outs.append(torch.rot90(y, -k, dims=(-2, -1)))
+    return torch.stack(outs).mean(0)
+
+
+@pytest.mark.parametrize("input_kind", ["upsampled", "lr"])
+def test_ensemble_is_the_mean_over_flips_and_turns(input_kind):
+    # A random CNN is not flip-equivariant, so the ensemble differs from one pass, and it must
+    # equal the mean over the dihedral group computed directly (flips instead of transposes:
+    # the same eight transforms), tiled or not.
+    s = 2
+    net = _convnet(3, 3, layers=3, upscale=s if input_kind == "lr" else 1, seed=3)
+    model = SRModel(net, scale=s, input=input_kind, channels="rgb", receptive_field=7)
+    img = _image(20, 28, 3, seed=4)
+    x = img if input_kind == "lr" else imresize(img.astype(np.float64), s).astype(np.float32)
+    want = _dihedral_mean(net, torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None])[0]
+    want = np.rint(np.clip(want.numpy().transpose(1, 2, 0), 0, 1) * 65535)
+    one = super_resolve(model, img, tile=0, bit_depth=16, fast=False)
+    ens = super_resolve(model, img, tile=0, bit_depth=16, fast=False, ensemble=True)
+    tiled = super_resolve(model, img, tile=16, overlap=8, bit_depth=16, fast=False, ensemble=True)
+    assert np.abs(ens.astype(int) - want).max() <= 1
+    assert np.abs(tiled.astype(int) - want).max() <= 1
+    assert np.abs(one.astype(int) - want).max() > 100
+
+
+def test_ensemble_of_bicubic_is_bicubic():
+    model = SRModel(nn.Identity(), scale=3, name="bicubic")
+    img = _image(17, 23, 3, seed=5)
+    assert np.array_equal(super_resolve(model, img, tile=0, ensemble=True), super_resolve(model, img, tile=0))

@@ -84,6 +84,7 @@ def sr(
         typer.Option("--fast/--no-fast", help="CPU fast path (ONNX Runtime with the `fast` extra, else channels_last), "
                      "checked against eager to 1e-4; default on, KMSR_SR_FAST=0 turns it off."),
     ] = None,
+    ensemble: Annotated[bool, typer.Option("--ensemble", help="x8 self-ensemble: average the network's outputs over the 8 flips and 90-degree turns of the input (8x slower; usually a little higher PSNR).")] = False,
     json: JsonOpt = False,
 ) -> None:
     """Super-resolve images with a trained model, tile by tile, keeping grey, alpha and 16-bit depth.
@@ -142,7 +143,7 @@ def sr(
                 img = read_image(inp)
                 prog.reset(t_tiles, total=1)
                 pixels = super_resolve(srm, img.pixels, tile=tile, overlap=overlap, device=dev, half=half,
-                                       bit_depth=img.bit_depth, fast=fast,
+                                       bit_depth=img.bit_depth, fast=fast, ensemble=ensemble,
                                        on_tile=lambda k, n: prog.update(t_tiles, completed=k, total=n))
                 target = targets[inp]
                 if target != "-":
