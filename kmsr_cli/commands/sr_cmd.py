@@ -104,18 +104,11 @@ def sr(
         cat small.png | kmsr sr - -o - --model bicubic --scale 3 > big.png
     """
     from kmsr_ops.backend import resolve_device
-    from kmsr_ops.errors import ImageReadError
-    from kmsr_ops.image_io import read_image, write_image
 
-    from ..infer import UnusableImageError, super_resolve
+    from ..infer import default_overlap
     from ..models import resolve_model
 
-    if out != "-" and Path(out).suffix.lower() in _SUFFIXES - {".png", ".tif", ".tiff"}:
-        # Writing PNG bytes under a .jpg name, or quietly renaming the output, would both surprise.
-        raise typer.BadParameter(f"{out}: kmsr sr writes PNG only, or TIFF for -o NAME.tif (keeping 16-bit depth and alpha); "
-                                 f"use -o {Path(out).with_suffix('.png')}", param_hint="'-o' / '--out'")
-    if tile and tile < 16:  # usage: checked before any image is read (was exit 1 per image)
-        raise typer.BadParameter(f"expected 0 (no tiling) or at least 16 pixels, found {tile}", param_hint="'--tile'")
+    _check_usage(out, tile)
     items = _inputs(inputs)
     if out == "-" and len(items) > 1:
         raise CliError("-o - writes one PNG to stdout; give a folder for several inputs")
@@ -124,7 +117,7 @@ def sr(
     own_scale = model.endswith(".safetensors") or model.startswith("spandrel:")
     srm = resolve_model(model, scale=scale if scale is not None else (None if own_scale else 2))
     s = srm.scale
-    overlap = tile_overlap if tile_overlap is not None else max(srm.receptive_field // 2 + 1, 0 if srm.receptive_field else 16)
+    overlap = tile_overlap if tile_overlap is not None else default_overlap(srm.receptive_field)
     many = len(items) > 1 or (len(items) == 1 and Path(out).suffix.lower() not in _SUFFIXES and out != "-")
     if many and out != "-":
         from ..atomic import check_output_folder
@@ -133,8 +126,38 @@ def sr(
     targets = _targets(items, inputs, out, many, s)
     if many and out != "-":
         Path(out).mkdir(parents=True, exist_ok=True)
+    run = dict(tile=tile, overlap=overlap, device=dev, half=half, fast=fast, ensemble=ensemble)
+    results, failures = _run_all(srm, items, targets, run, quiet=json or out == "-")
+    if json:
+        emit_json({"model": srm.name, "scale": s, "tile": tile, "tile_overlap": overlap, "ensemble": ensemble,
+                   "results": results, "failed": failures})
+    elif out != "-":
+        err.print(f"{len(results)} images super-resolved x{s} with {escape(srm.name)}" +
+                  (f", {len(failures)} failed" if failures else ""), highlight=False)
+    if failures:
+        sys.exit(1)
+
+
+def _check_usage(out: str, tile: int) -> None:
+    """Usage errors, before any image is read."""
+    if out != "-" and Path(out).suffix.lower() in _SUFFIXES - {".png", ".tif", ".tiff"}:
+        # Writing PNG bytes under a .jpg name, or quietly renaming the output, would both surprise.
+        raise typer.BadParameter(f"{out}: kmsr sr writes PNG only, or TIFF for -o NAME.tif (keeping 16-bit depth and alpha); "
+                                 f"use -o {Path(out).with_suffix('.png')}", param_hint="'-o' / '--out'")
+    if tile and tile < 16:
+        raise typer.BadParameter(f"expected 0 (no tiling) or at least 16 pixels, found {tile}", param_hint="'--tile'")
+
+
+def _run_all(srm, items: list[str], targets: dict[str, str], run: dict, *, quiet: bool) -> tuple[list, list]:
+    """Super-resolve and write each input; a file that cannot be read or written is reported,
+    named, and the others go on. Returns (results, failures)."""
+    from kmsr_ops.errors import ImageReadError
+    from kmsr_ops.image_io import read_image, write_image
+
+    from ..infer import UnusableImageError, super_resolve
+
     results, failures = [], []
-    with make_progress(json_mode=json or out == "-") as prog:
+    with make_progress(json_mode=quiet) as prog:
         t_files = prog.add_task("images", total=len(items))
         t_tiles = prog.add_task("tiles", total=1)
         for inp in items:
@@ -142,8 +165,7 @@ def sr(
             try:
                 img = read_image(inp)
                 prog.reset(t_tiles, total=1)
-                pixels = super_resolve(srm, img.pixels, tile=tile, overlap=overlap, device=dev, half=half,
-                                       bit_depth=img.bit_depth, fast=fast, ensemble=ensemble,
+                pixels = super_resolve(srm, img.pixels, bit_depth=img.bit_depth, **run,
                                        on_tile=lambda k, n: prog.update(t_tiles, completed=k, total=n))
                 target = targets[inp]
                 if target != "-":
@@ -151,20 +173,13 @@ def sr(
                 write_image(target, pixels, bit_depth=img.bit_depth)  # .tif: TIFF, else PNG
                 h, w = pixels.shape[:2]
                 results.append({"input": inp if inp != "-" else "<stdin>", "output": target, "width": w, "height": h,
-                                "scale": s, "seconds": round(time.perf_counter() - t0, 3)})
-                if out != "-" and not json:
+                                "scale": srm.scale, "seconds": round(time.perf_counter() - t0, 3)})
+                if not quiet:
                     typer.echo(target)
             except (ImageReadError, UnusableImageError, OSError) as exc:
-                # This file only: report it, named, and go on with the others (exit 1 at the end).
                 name = "<stdin>" if inp == "-" else inp
                 reason = str(exc) if name in str(exc) else f"{name}: {exc}"
                 failures.append({"input": inp, "reason": reason})
                 prog.console.print(f"[red]error:[/] {escape(reason)}", highlight=False, soft_wrap=True)
             prog.advance(t_files)
-    if json:
-        emit_json({"model": srm.name, "scale": s, "tile": tile, "tile_overlap": overlap, "results": results, "failed": failures})
-    elif out != "-":
-        err.print(f"{len(results)} images super-resolved x{s} with {escape(srm.name)}" +
-                  (f", {len(failures)} failed" if failures else ""), highlight=False)
-    if failures:
-        sys.exit(1)
+    return results, failures
