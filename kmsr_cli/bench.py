@@ -210,9 +210,10 @@ def parse_models(items: Iterable[str] | None) -> list[ModelSpec]:
     return specs
 
 
-def load_model_for(ms: ModelSpec, scale: int, host=None, *, option: str = "--scales"):
+def load_model_for(ms: ModelSpec, scale: int, host=None, *, option: str = "--scales", ensemble: bool = False):
     """The :class:`~kmsr_cli.infer.SRModel` for ``ms`` at ``scale``; a wrong scale is a CliError
-    (``option`` is the command's scale option, named in the message)."""
+    (``option`` is the command's scale option, named in the message). ``ensemble``: every
+    network runs as its x8 self-ensemble and its row is named LABEL+ (bicubic stays as it is)."""
     from .checkpoint import read_model_meta
     from .models import resolve_model
 
@@ -237,6 +238,8 @@ def load_model_for(ms: ModelSpec, scale: int, host=None, *, option: str = "--sca
     if srm.scale != scale:
         raise CliError(f"model {ms.label!r} is for x{srm.scale}, but {option} asks for x{scale}", hint=hint)
     srm.name = ms.label
+    if ensemble and spec != "bicubic":
+        srm.ensemble, srm.name = True, f"{ms.label}+"
     return srm
 
 
@@ -355,6 +358,7 @@ def run_quality(
     tile: int = 512,
     round_lr: bool = False,
     out_images: Path | None = None,
+    ensemble: bool = False,
     host=None,
     on_step: Callable[[], None] | None = None,
     on_set: Callable[[int, KernelSpec, list[dict]], None] | None = None,
@@ -366,7 +370,7 @@ def run_quality(
     if not images:
         raise CliError("no HR images given")
     # Load everything before the long part, so a bad model or kernel file fails at once.
-    models = {s: [load_model_for(ms, s, host) for ms in model_specs] for s in scales}
+    models = {s: [load_model_for(ms, s, host, ensemble=ensemble) for ms in model_specs] for s in scales}
     kernels = {(s, ks.name): ks.load(s) for s in scales for ks in kernel_specs}
     for s in scales:
         for i, im in enumerate(images):

@@ -230,6 +230,7 @@ def run_real(
     tile: int = 512,
     save: Path | None = None,
     crop: int = DEFAULT_CROP,
+    ensemble: bool = False,
     host=None,
     on_step: Callable[[], None] | None = None,
     on_set: Callable[[int, PairSet, list[dict]], None] | None = None,
@@ -239,7 +240,7 @@ def run_real(
 
     if save is not None and save.exists() and not save.is_dir():
         raise CliError(f"--save: {save} exists and is not a folder")
-    models = [load_model_for(ms, scale, host, option="--scale") for ms in model_specs]
+    models = [load_model_for(ms, scale, host, option="--scale", ensemble=ensemble) for ms in model_specs]
     for ps in pair_sets:
         load_pairs(ps, scale)
     # The strip's bicubic panel: the bicubic model of --models if there is one, else its own.

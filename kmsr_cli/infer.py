@@ -76,6 +76,7 @@ class SRModel:
     global_context: bool = False  # pools over the whole input: tiles are close to, not equal to, untiled
     name: str = "model"
     meta: dict = field(default_factory=dict)
+    ensemble: bool = False  # x8 self-ensemble in super_resolve (see there)
     # The fast CPU runner, built once per model (export and check cost a second or two).
     _fast: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -404,7 +405,7 @@ def super_resolve(
     dtype = np.uint8 if bit_depth == 8 else np.uint16
     maxval = float(np.iinfo(dtype).max)
     out = np.empty((out_h, out_w, out_c + (alpha is not None)), dtype=dtype)
-    run = _Runner(model, device, half, fast, ensemble=ensemble)
+    run = _Runner(model, device, half, fast, ensemble=ensemble or model.ensemble)
     if model.input == "lr" and tile:
         tile = max(s, tile - tile % s)  # LR-input tiles start on LR pixel boundaries
     tiles = plan_tiles(out_h, out_w, tile)

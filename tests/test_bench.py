@@ -354,3 +354,23 @@ def test_bench_ops_errors(tmp_path):
     assert isinstance(res.exception, CliError) and "no such folder" in str(res.exception)
     res = invoke("bench", "ops", "--dir", tmp_path)
     assert isinstance(res.exception, CliError) and "none of the speed benchmarks" in str(res.exception)
+
+
+def test_ensemble_rows(bench_files):
+    """--ensemble: each network's row is LABEL+ and scores its x8 self-ensemble; bicubic is untouched."""
+    from kmsr_cli.infer import super_resolve
+    from kmsr_cli.models import resolve_model
+    from kmsr_ops.metrics import psnr
+
+    images = load_hr([str(bench_files["hr"] / "astronaut.png")])
+    specs = parse_models(["bicubic", f"net={bench_files['edsr']}"])
+    plain = run_quality(images, [2], parse_kernels(["g1.25"]), specs, tile=0)
+    ens = run_quality(images, [2], parse_kernels(["g1.25"]), specs, tile=0, ensemble=True)
+    p = {r["model"]: r["psnr"] for r in plain.results}
+    e = {r["model"]: r["psnr"] for r in ens.results}
+    assert set(e) == {"bicubic", "net+"} and e["bicubic"] == p["bicubic"]
+    hr = modcrop(images[0].pixels, 2)
+    lr = np.clip(gaussian_lr(hr, 1.25, 2), 0, 1)
+    out = super_resolve(resolve_model(str(bench_files["edsr"]), scale=2), lr, tile=0, ensemble=True)
+    assert e["net+"] == pytest.approx(psnr(hr * 255, out.astype(np.float64), crop_border=2, test_y_channel=True), abs=1e-9)
+    assert abs(e["net+"] - p["net"]) > 1e-3

@@ -36,6 +36,7 @@ def _print_table(table) -> None:
     console.print(table)
 
 
+EnsembleOpt = Annotated[bool, typer.Option("--ensemble", help="Run every network as its x8 self-ensemble (outputs averaged over the 8 flips/turns; rows named MODEL+; 8x slower).")]
 TileOpt = Annotated[int, typer.Option("--tile", help="Tile size in output pixels (0 = whole image); tiles are exact.", min=0)]
 MarkdownOpt = Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown (best per column in bold).")]
 
@@ -104,6 +105,7 @@ def quality(
     ] = ["bicubic,g1.25,g1.6,g1.7"],  # noqa: B006
     device: DeviceOpt = "auto",
     tile: TileOpt = 512,
+    ensemble: EnsembleOpt = False,
     round_lr: Annotated[bool, typer.Option("--round-lr", help="Round the LR images to the HR bit depth, as a saved LR PNG would be.")] = False,
     out_images: Annotated[
         Path | None,
@@ -153,7 +155,7 @@ def quality(
         task = prog.add_task("SR + metrics", total=len(scale_list) * len(kernel_specs) * len(images) * len(model_specs))
         on_set = _set_printer(prog, json, "image", lambda ks: len(images))
         report = run_quality(images, scale_list, kernel_specs, model_specs, device=dev, tile=tile, round_lr=round_lr,
-                             out_images=out_images, on_step=lambda: prog.advance(task), on_set=on_set)
+                             out_images=out_images, ensemble=ensemble, on_step=lambda: prog.advance(task), on_set=on_set)
     _print_report(report, len(images), "image", json=json, csv=csv, markdown=markdown)
     if out_images is not None:
         err.print(f"images written under {escape(str(out_images))}", highlight=False)
@@ -178,6 +180,7 @@ def real(
     ],
     device: DeviceOpt = "auto",
     tile: TileOpt = 512,
+    ensemble: EnsembleOpt = False,
     save: Annotated[
         Path | None,
         typer.Option("--save", help="Write one labelled comparison strip per pair to DIR/SET/NAME.png: "
@@ -231,7 +234,7 @@ def real(
     with make_progress(json_mode=json) as prog:
         task = prog.add_task("SR + metrics", total=sum(len(ps.pairs) for ps in pair_sets) * len(model_specs))
         on_set = _set_printer(prog, json, "pair", lambda ps: len(ps.pairs))
-        report = run_real(pair_sets, scale, model_specs, device=dev, tile=tile, save=save, crop=crop,
+        report = run_real(pair_sets, scale, model_specs, device=dev, tile=tile, save=save, crop=crop, ensemble=ensemble,
                           on_step=lambda: prog.advance(task), on_set=on_set)
     _print_report(report, common_pair_count(pair_sets), "pair", json=json, csv=csv, markdown=markdown)
     if save is not None and not json:
