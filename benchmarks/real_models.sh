@@ -2,7 +2,7 @@
 # The shipped x2/x4 models (kmsr_cli/models/kmsr_x{2,4}.safetensors) and their tables: the exact
 # commands. From the repository root with kmsr installed:
 #
-#   bash benchmarks/real_models.sh [WORK_DIR] [stage...]     stages: pool train bench (default), x4-variants x4-variants-bench, x2-variants x2-variants-bench
+#   bash benchmarks/real_models.sh [WORK_DIR] [stage...]     stages: pool train bench (default), x4-variants x4-variants-bench, x2-variants x2-variants-bench, ensemble
 #
 # Stage 1-2 (pool): kernels estimated with `kmsr estimate` from 43 real photos that are in no
 # test set (9 of scikit-image's CC0 photos, the 14 real photos of RealSRSet, every 10th BSD200
@@ -150,5 +150,16 @@ if has bench; then
   kmsr bench real --pairs "$SHARED/real_pairs/RealSR_x4_Canon" --scale 4 \
     --models "$PUB" --models "kmsr-real=$R/carn_real_x4/best.safetensors" \
     --save "$WORK/real_strips" --markdown > "$WORK/real_x4.md" &
+  wait
+fi
+
+# Stage ensemble: every model of the RealSR and Set5 x4 tables once more as its x8 self-ensemble
+# (kmsr bench --ensemble: rows MODEL+), published ones included, so the "+" rows compare like with like.
+if has ensemble; then
+  kmsr bench real --pairs "$SHARED/real_pairs/RealSR_x4_Canon" --scale 4 --ensemble \
+    --models "$PUB,shipped=kmsr_cli/models/kmsr_x4.safetensors" --markdown > "$WORK/real_x4_ensemble.md" &
+  kmsr bench quality --hr "$SHARED/sr/Set5" --scales 4 --ensemble \
+    --kernels "bicubic,g1.25,g1.6,g1.7,div2krk=$SHARED/kernels/div2krk/div2krk_gt_k_x{s}.npy" \
+    --models "$PUB,shipped=kmsr_cli/models/kmsr_x4.safetensors" --markdown > "$WORK/table1_x4_ensemble.md" &
   wait
 fi
