@@ -115,7 +115,7 @@ def crossover(repeats: int) -> list[dict]:
                 x, ks = make_batch(16, 3, size, size, k, dtype, seed=k)
                 row = {"dtype": np.dtype(dtype).name, "size": size, "k": k}
                 for method in ("fft", "conv", "direct"):
-                    row[f"{method}_ms"] = median_ms(lambda m=method: blur(x, ks, method=m), repeats, warmup=1)
+                    row[f"{method}_ms"] = median_ms(lambda m=method, x=x, ks=ks: blur(x, ks, method=m), repeats, warmup=1)
                 row["fastest"] = min(("fft", "conv", "direct"), key=lambda m: row[f"{m}_ms"])
                 row["auto"] = choose_method(k, dtype)
                 rows.append(row)

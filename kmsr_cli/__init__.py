@@ -1,6 +1,7 @@
 """kmsr: Kernel Modeling Super-Resolution as a command-line toolkit."""
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("kmsr")

@@ -373,7 +373,7 @@ def run_quality(
     models = {s: [load_model_for(ms, s, host, ensemble=ensemble) for ms in model_specs] for s in scales}
     kernels = {(s, ks.name): ks.load(s) for s in scales for ks in kernel_specs}
     for s in scales:
-        for i, im in enumerate(images):
+        for im in images:
             h, w = im.pixels.shape[:2]
             side = min(h - h % s, w - w % s)
             if side < min_hr_side(s):

@@ -817,7 +817,7 @@ class _PatchRun:
                 unit, prov = self.in_flight.pop(fut)
                 try:
                     self.finish(unit, prov, fut.result())
-                except Exception as exc:  # one bad patch must not lose the others; it is reported
+                except Exception as exc:  # noqa: BLE001 - one bad patch must not lose the others; it is reported
                     self.failed(unit, f"{type(exc).__name__}: {exc}")
                     self.warn(f"{unit.photo} patch {unit.box}: estimation failed: {exc}")
 

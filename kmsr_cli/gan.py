@@ -85,7 +85,7 @@ class TrainSettings:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "TrainSettings":
+    def from_json(cls, text: str) -> TrainSettings:
         raw = json.loads(text)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})

@@ -26,7 +26,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +102,7 @@ class Provenance:
         self.seed.append(-1 if seed is None else int(seed))
         self.index.append(int(index))
 
-    def extend(self, other: "Provenance") -> None:
+    def extend(self, other: Provenance) -> None:
         for name in ("origin", "source", "box", "method", "params", "seed", "index"):
             getattr(self, name).extend(getattr(other, name))
 
@@ -153,7 +153,7 @@ def write_kernel_set(
             f.attrs["kernel_size"] = int(k)
             f.attrs["count"] = int(n)
             f.attrs["created_by"] = f"kmsr {__version__}"
-            f.attrs["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            f.attrs["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
             f.attrs["description"] = h5_text(description)
             for key, value in (extra_attrs or {}).items():
                 f.attrs[key] = h5_text(value) if isinstance(value, str) else value

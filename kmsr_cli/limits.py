@@ -19,10 +19,10 @@ def machine_memory() -> int | None:
     """Physical memory of this machine in bytes (psutil when installed, else sysconf)."""
     try:
         import psutil  # type: ignore[import-not-found]
-
+    except ImportError:  # not installed: ask the OS
+        psutil = None
+    if psutil is not None:
         return int(psutil.virtual_memory().total)
-    except Exception:  # noqa: BLE001 - not installed, or no answer: ask the OS
-        pass
     try:
         return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):

@@ -85,7 +85,7 @@ class TrainConfig:
     time_budget: float | None = None  # seconds of training; stop (and checkpoint) when spent
     init: str | None = None  # starting weights: a kmsr checkpoint or NAME:WEIGHTS (published)
 
-    def resolve(self) -> "TrainConfig":
+    def resolve(self) -> TrainConfig:
         if self.preset not in PRESETS:
             raise KmsrInputError(f"preset: expected one of {', '.join(PRESETS)}, found {self.preset!r}")
         p = PRESETS[self.preset]

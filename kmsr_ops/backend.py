@@ -40,11 +40,11 @@ def _probe_cupy() -> tuple[ModuleType | None, str]:
         import cupy  # noqa: PLC0415 - optional dependency, imported on demand
     except ImportError as exc:
         return None, f"CuPy is not installed ({exc.msg}); install it with: pip install 'kmsr[gpu]'"
-    except Exception as exc:  # a broken CUDA install raises all sorts of errors at import
+    except Exception as exc:  # noqa: BLE001 - a broken CUDA install raises all sorts of errors at import
         return None, f"CuPy failed to import: {type(exc).__name__}: {exc}"
     try:
         n = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDARuntimeError when no driver is present
+    except Exception as exc:  # noqa: BLE001 - CUDARuntimeError when no driver is present
         return None, f"CuPy found no usable CUDA device: {type(exc).__name__}: {exc}"
     if n < 1:
         return None, "CuPy found no CUDA device"

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import os
 
-
-
 import numpy as np
 
 from .backend import get_array_module, is_cupy_array, is_torch_tensor, numba_cache_ok

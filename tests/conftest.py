@@ -93,8 +93,7 @@ def run_cli(
         [sys.executable, "-m", "kmsr_cli", *map(str, args)],
         cwd=cwd,
         env=cli_env(env, plugin_site=plugin_site),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
         encoding="utf-8",
         timeout=timeout,
@@ -125,7 +124,7 @@ def install_fixture_package(src_dir: Path, root: Path, module: str) -> Path:
         sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
         "--disable-pip-version-check", "--target", str(site), str(src),
     ]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         pytest.fail(f"installing {src_dir.name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     assert (site / module / "__init__.py").is_file()

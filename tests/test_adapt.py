@@ -14,12 +14,11 @@ import re
 
 import numpy as np
 import pytest
+from conftest import cli_in_process
 
 from kmsr_cli import adapt as adapt_mod
-from kmsr_cli.pool import width_check
 from kmsr_cli.kernelset import KernelSet
-
-from conftest import cli_in_process
+from kmsr_cli.pool import width_check
 
 SCALE = 2
 

@@ -13,11 +13,11 @@ import types
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLE_BACKBONE_SRC
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import EXAMPLE_BACKBONE_SRC
 from kmsr_cli.checkpoint import read_model_meta
 from kmsr_cli.errors import CliError
 from kmsr_cli.hookspecs import hookimpl

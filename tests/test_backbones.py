@@ -3,11 +3,13 @@ perturbation, and the published SRCNN/VDSR weights against their published figur
 
 from __future__ import annotations
 
+import kmsr_backbones
 import numpy as np
 import pytest
 import scipy.io as sio
 import torch
 import torch.nn.functional as F
+from kmsr_backbones import published
 
 from kmsr_cli.plugin_host import PluginHost
 from kmsr_ops.colour import rgb2y
@@ -15,9 +17,6 @@ from kmsr_ops.errors import KmsrInputError
 from kmsr_ops.image_io import read_image_array
 from kmsr_ops.metrics import psnr
 from kmsr_ops.resize import imresize, modcrop
-
-import kmsr_backbones
-from kmsr_backbones import published
 
 INFO_KEYS = {"input", "channels", "scales", "receptive_field", "size_multiple", "options"}
 BUILTINS = {"kmsr", "kmsr_lr", "srcnn", "vdsr", "edsr", "dbpn", "carn_m", "imdn"}

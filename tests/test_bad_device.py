@@ -37,5 +37,5 @@ def test_unusable_device_is_one_line(run_kmsr, tmp_path, photo, command, device)
     r = run_kmsr(*_commands(photo, out)[command], "--device", device)
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
-    assert f"--device" in r.stderr and (device in r.stderr)
+    assert "--device" in r.stderr and (device in r.stderr)
     assert list(out.iterdir()) == []

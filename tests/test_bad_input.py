@@ -8,10 +8,9 @@ crops of scikit-image photos, one-block models, one training step.
 
 from __future__ import annotations
 
-from conftest import cli_in_process
-
 import numpy as np
 import pytest
+from conftest import cli_in_process
 
 TINY_TRAIN = ["--backbone", "kmsr", "--option", "blocks=1", "--option", "filters=8", "--epochs", "1",
               "--iters-per-epoch", "1", "--patch", "32", "--batch", "2", "--device", "cpu"]

@@ -3,9 +3,7 @@ on stderr, exit 1 (2 for usage errors), no traceback; tiny fixtures."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-
 from test_bad_input import ESTIMATE_FAST, TINY_TRAIN, cli, one_line_error, save_photo  # noqa: F401
 
 TINY_GAN = 1 / 32
@@ -29,8 +27,8 @@ def two_photos(tmp_path_factory):
 def tiny_gan(tmp_path_factory):
     """A GAN checkpoint trained for one iteration at 1/32 width."""
     import torch
-
     from conftest import make_random_kernels, write_test_set
+
     from kmsr_cli.gan import train_gan
     from kmsr_cli.plugin_host import get_host
 
@@ -82,9 +80,8 @@ def test_estimate_second_run_on_one_output_fails_at_once(run_kmsr, tmp_path, two
     import sys
     import time
 
-    from PIL import Image
-
     from conftest import cli_env
+    from PIL import Image
     from test_bad_input import _by_unit
 
     fifo = tmp_path / "slow.png"
@@ -317,7 +314,7 @@ def test_sigint_says_interrupted_and_exits_130(tmp_path, two_photos):
 from test_bad_input import tiny_run  # noqa: E402,F401 - the module-scoped one-step run, as a fixture here
 
 
-def test_train_resume_refuses_other_data(capsys, tmp_path, tiny_run):
+def test_train_resume_refuses_other_data(capsys, tmp_path, tiny_run):  # noqa: F811 - the imported fixture
     import shutil
 
     run = tmp_path / "run"

@@ -3,8 +3,6 @@ formats, the comparison strips, a bicubic oracle, and the published RealSR x4 Ca
 
 from __future__ import annotations
 
-from conftest import cli_in_process
-
 import csv
 import io
 import json
@@ -13,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import cli_in_process
 from PIL import Image
 from skimage import data as skdata
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import kmsr_backbones
 import pytest
 import torch
 from safetensors import safe_open
@@ -12,8 +13,6 @@ from safetensors.torch import save_file
 from kmsr_cli.checkpoint import FORMAT_NAME, load_model, read_model_meta, save_model
 from kmsr_cli.errors import CliError
 from kmsr_cli.plugin_host import PluginHost
-
-import kmsr_backbones
 
 
 @pytest.fixture(scope="module")

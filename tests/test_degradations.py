@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import io
 
+import kmsr_degradations
 import numpy as np
 import pytest
 import scipy.io as sio
 import torch
+from kmsr_degradations.gaussian import gaussian_kernels
 from PIL import Image
 from scipy import ndimage
 from scipy.signal import convolve2d
@@ -19,9 +21,6 @@ from kmsr_ops.colour import rgb2y
 from kmsr_ops.errors import KmsrInputError
 from kmsr_ops.kernels import anisotropic_gaussian_kernel, gaussian_kernel
 from kmsr_ops.resize import imresize
-
-import kmsr_degradations
-from kmsr_degradations.gaussian import gaussian_kernels
 
 BUILTINS = {"pool", "bicubic", "gaussian", "realistic"}
 NEEDS_POOL = {"pool", "realistic"}

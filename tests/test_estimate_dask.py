@@ -10,9 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import cli_in_process
+from PIL import Image
 
 distributed = pytest.importorskip("dask.distributed", reason="--dask needs dask.distributed (pip install 'kmsr[dask]')")
 pytest.importorskip("kmsr_darkchannel", reason="needs the built-in dark-channel estimator on the workers")

@@ -156,7 +156,7 @@ def test_patches_follow_content_and_seed_not_path(host, photos, tmp_path):
     moved = tmp_path / "elsewhere.png"
     moved.write_bytes((photos / "camera.png").read_bytes())
     b = run_estimate(host, [moved], tmp_path / "b.h5", _settings())
-    c = run_estimate(host, [moved], tmp_path / "c.h5", _settings(seed=8))
+    run_estimate(host, [moved], tmp_path / "c.h5", _settings(seed=8))
     assert a.kernels_total == b.kernels_total == 3
     boxes = [KernelSet(tmp_path / f"{n}.h5").provenance().box for n in "abc"]
     assert boxes[0] == boxes[1]

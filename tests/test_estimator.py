@@ -139,6 +139,7 @@ def test_flat_patch_gives_a_valid_kernel(estimator):
 
 def test_registered_and_usable_through_the_plugin_host():
     import kmsr_darkchannel
+
     from kmsr_cli.plugin_host import get_host
 
     assert kmsr_darkchannel.BACKENDS == bk.BACKENDS

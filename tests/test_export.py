@@ -12,7 +12,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import cli_in_process
 
 ort = pytest.importorskip("onnxruntime", reason="kmsr export needs onnxruntime (pip install 'kmsr[fast]')")

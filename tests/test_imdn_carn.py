@@ -3,20 +3,19 @@ against their published Set5 figures, foreign files, and IMDN's comparison-only 
 
 from __future__ import annotations
 
+import kmsr_backbones
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-import kmsr_backbones
 from kmsr_backbones import published
 from kmsr_backbones.carn import CARNM
 from kmsr_backbones.imdn import IMDN
+from test_backbones import measured_halo
+from torch import nn
+
 from kmsr_cli.errors import CliError
 from kmsr_cli.plugin_host import PluginHost
 from kmsr_ops.errors import KmsrInputError
-
-from test_backbones import measured_halo
 
 COMPARISON_ONLY = "comparison only: the weights are never redistributed and kmsr never initialises a shipped model from them"
 # Element counts of the published files (Zheng222/IMDN checkpoints; CARN-pytorch's carn_m.pth),

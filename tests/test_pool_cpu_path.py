@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.signal import convolve2d
-
 from kmsr_degradations.pool import PoolDegradation
+from scipy.signal import convolve2d
 
 
 def scipy_reflect_blur(img: np.ndarray, k: np.ndarray) -> np.ndarray:

@@ -21,9 +21,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import cli_in_process
 from PIL import Image
 
-from conftest import cli_in_process
 from kmsr_cli.errors import CliError
 from kmsr_cli.models import resolve_model
 
@@ -149,9 +149,9 @@ def test_sizes_spandrel_requires_are_met_by_padding(models):
     """An image off the multiple-of-4 grid of the unshuffle RRDB: the forward pass of the edge-padded
     image, cropped back. One under SwinIR's minimum side: spandrel's own padded call."""
     import torch
+    from spandrel import ModelLoader
 
     from kmsr_cli.infer import super_resolve
-    from spandrel import ModelLoader
 
     path, net, _ = models["rrdb_unshuffle"]
     lr = _lr(19, 22, seed=3)

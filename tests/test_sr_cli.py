@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import cli_env
 from PIL import Image
 
 from kmsr_ops.resize import imresize
-from conftest import cli_env
 
 
 def _png(path, arr, mode=None):

@@ -207,9 +207,8 @@ def sample(
         kmsr gan sample gan.safetensors -n 1000 -o generated.h5 --seed 1
     """
     from ..gan import sample_to_set
-    from ..plugin_host import get_host
-
     from ..limits import check_memory
+    from ..plugin_host import get_host
 
     # 25x25 kernels, float32 on the device and float32 again when written: ~5 kB a kernel.
     check_memory(8.0 * n * 25 * 25, f"gan sample -n {n}",

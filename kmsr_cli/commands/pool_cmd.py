@@ -50,12 +50,10 @@ def synth(
 
         kmsr pool synth --family motion -n 500 --size 25 -o motion.h5
     """
+    from ..limits import check_memory
+    from ..options import parse_key_values
     from ..plugin_host import get_host
     from ..pool import synth_pool
-
-    from ..options import parse_key_values
-
-    from ..limits import check_memory
 
     # The kernels are made in float64 and written as float32: ~12 bytes a kernel pixel.
     check_memory(12.0 * n * size * size, f"pool synth -n {n} --size {size}",

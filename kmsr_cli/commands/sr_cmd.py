@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from kmsr_ops.image_io import IMAGE_SUFFIXES as _SUFFIXES
 from rich.markup import escape
+
+from kmsr_ops.image_io import IMAGE_SUFFIXES as _SUFFIXES
 
 from ..console import emit_json, err, make_progress
 from ..errors import CliError

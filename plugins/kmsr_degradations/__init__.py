@@ -31,7 +31,7 @@ _LAZY = {
     "gaussian_kernels": "gaussian",
 }
 
-__all__ = [*_LAZY, "make_pool", "make_bicubic", "make_gaussian", "make_realistic"]
+__all__ = [*_LAZY, "make_pool", "make_bicubic", "make_gaussian", "make_realistic"]  # noqa: PLE0604 - _LAZY's keys are names
 
 POOL_OPTIONS = {"kernels": None, "boundary": "reflect", "per_channel": False, "pool_scale": None, "bicubic_fraction": 0.0}
 GAUSSIAN_OPTIONS = {"sigma_min": 0.2, "sigma_max": 2.0, "iso_prob": 0.5, "kernel_size": None, "boundary": "reflect"}

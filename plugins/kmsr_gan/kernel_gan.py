@@ -167,7 +167,7 @@ class KernelGan:
             module.load_state_dict(theirs, strict=True)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu", critic: bool = True) -> "KernelGan":
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "cpu", critic: bool = True) -> KernelGan:
         """Rebuild the networks a checkpoint describes and load its weights."""
         from safetensors.torch import load_file
 
@@ -176,7 +176,7 @@ class KernelGan:
         gan = cls(width_mult=float(meta["width_mult"]), output=meta["output"], device=device)
         try:
             tensors = load_file(str(path), device="cpu")
-        except Exception as exc:  # safetensors raises several types for a damaged body
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged body
             raise KmsrInputError(f"{path}: cannot read the checkpoint's tensors ({type(exc).__name__}: {exc})") from None
         gan.load_state_tensors(tensors, source=str(path), critic=critic)
         gan.checkpoint = path
