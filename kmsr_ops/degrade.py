@@ -8,7 +8,9 @@ upscaling puts it back. A blur then decimation lands there when
 - even s: an even kernel (centred between pixels; ``kmsr_ops.blur`` aligns it like
   ``convolve2d(mode="same")``, half a pixel up-left), keeping every s-th pixel from ``s/2``.
 
-Both keep every s-th pixel from ``s // 2``. Gaussians are sampled directly on a grid of the
+Both keep every s-th pixel from ``s // 2`` (:func:`decimation_offset`); the training
+degradations (``kmsr_degradations``) decimate their (B, C, H, W) tensors with the same
+:func:`decimate`. Gaussians are sampled directly on a grid of the
 right parity (exact). Other kernels of the wrong parity are convolved with a 2x2 box, which
 centres them (the training degradations do the same) at the cost of 1/4 HR pixel² of extra
 variance per axis. Kernels whose centroid is off their centre would move the whole LR image:
@@ -31,10 +33,12 @@ from .resize import imresize
 __all__ = [
     "bicubic_lr",
     "decimate",
+    "decimation_offset",
     "gaussian_lr",
     "gaussian_test_kernel",
     "kernel_lr",
     "match_parity",
+    "needs_even_kernel",
     "prepare_kernel",
 ]
 
@@ -52,11 +56,22 @@ def _as_image(hr) -> np.ndarray:
     return a.astype(np.float64, copy=False)
 
 
-def decimate(x: np.ndarray, scale: int) -> np.ndarray:
-    """Every ``scale``-th row and column of (H, W[, C]), starting at ``scale // 2``."""
+def decimation_offset(scale: int) -> int:
+    """Index of the first kept HR row/column (for an odd kernel at odd scales, an even one at even scales)."""
+    return _check_scale(scale) // 2
+
+
+def needs_even_kernel(scale: int) -> bool:
+    """Whether a blur before decimating by ``scale`` needs an even kernel (even scales) to stay on the grid."""
+    return _check_scale(scale) % 2 == 0
+
+
+def decimate(x, scale: int, *, channels_first: bool = False):
+    """Every ``scale``-th row and column, starting at :func:`decimation_offset`: of (H, W[, C]), or,
+    with ``channels_first``, of (..., H, W) (NumPy arrays and torch tensors alike)."""
     s = _check_scale(scale)
     o = s // 2
-    return x[o::s, o::s]
+    return x[..., o::s, o::s] if channels_first else x[o::s, o::s]
 
 
 def gaussian_test_kernel(sigma: float, scale: int) -> np.ndarray:

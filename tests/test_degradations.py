@@ -124,7 +124,7 @@ def test_pool_for_lr_backbones_decimates_with_matlab_phase(host, pool, scale):
     assert x.shape == (1, 3, 24 // scale, 24 // scale) and y.shape == hr.shape
     k = pool[int(params["index"][0])].astype(np.float64)
     if scale % 2 == 0:
-        # Even scales: the kernel centred between pixels (2x2 box), as decimation.py explains.
+        # Even scales: the kernel centred between pixels (2x2 box), as kmsr_ops/degrade.py explains.
         k = convolve2d(k, np.full((2, 2), 0.25))
     first = scale // 2
     for c in range(3):

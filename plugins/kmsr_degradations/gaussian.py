@@ -5,7 +5,7 @@ sigma_max], otherwise an anisotropic one with both sigmas ~ U[sigma_min, sigma_m
 ~ U[0, pi) (HR pixels; the conventions of :mod:`kmsr_ops.kernels`). The kernels are built as one
 batched tensor on the device, blurred with ``kmsr_ops.blur`` and decimated with MATLAB's
 geometry (odd kernel for odd scales, even kernel, i.e. centred half a pixel over, for even
-scales: see :mod:`kmsr_degradations.decimation`). ``input="upsampled"`` backbones get the LR
+scales: see :mod:`kmsr_ops.degrade`). ``input="upsampled"`` backbones get the LR
 image upscaled back with MATLAB bicubic.
 
 ``sigma_min == sigma_max`` with ``iso_prob=1`` gives the fixed-sigma test sets of KMSR's Table 1
@@ -19,10 +19,10 @@ import math
 import torch
 
 from kmsr_ops.blur import blur
+from kmsr_ops.degrade import decimate, needs_even_kernel
 from kmsr_ops.errors import KmsrInputError
 
 from .base import BOUNDARIES, Degradation, check_choice, check_probability, check_range, uniform
-from .decimation import decimate, needs_even_kernel
 
 
 def gaussian_kernels(size: int, sigma_x: torch.Tensor, sigma_y: torch.Tensor, theta: torch.Tensor,
@@ -61,7 +61,7 @@ class GaussianDegradation(Degradation):
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise KmsrInputError(f"kernel_size: expected an odd integer >= 1, found {kernel_size!r}")
         self.kernel_size = kernel_size
-        # Even scales need the kernel centred between pixels (see decimation.py).
+        # Even scales need the kernel centred between pixels (see kmsr_ops.degrade).
         self.blur_size = kernel_size + 1 if needs_even_kernel(self.scale) else kernel_size
 
     def options(self) -> dict:
@@ -82,4 +82,4 @@ class GaussianDegradation(Degradation):
 
     def apply(self, hr, params):
         ks = self.kernels({k: v.to(hr.device) for k, v in params.items()}, hr.dtype)
-        return self.finish(decimate(blur(hr, ks, self.boundary), self.scale), hr)
+        return self.finish(decimate(blur(hr, ks, self.boundary), self.scale, channels_first=True), hr)

@@ -9,7 +9,7 @@ channel instead. Borders are reflected by default (the release zero-padded, dark
 ``boundary="zero"`` reproduces it).
 
 For ``input="lr"`` backbones the blurred patch is decimated by the scale (see
-:mod:`kmsr_degradations.decimation` for the phase); for ``input="upsampled"`` it is the network
+:mod:`kmsr_ops.degrade` for the phase); for ``input="upsampled"`` it is the network
 input as it is, as in the paper.
 
 ``bicubic_fraction`` (beyond the paper, default 0): that fraction of the samples, drawn per
@@ -31,13 +31,20 @@ import numpy as np
 import torch
 
 from kmsr_ops.blur import blur
+from kmsr_ops.degrade import decimate, needs_even_kernel
 from kmsr_ops.errors import KmsrInputError
 from kmsr_ops.resize import imresize
 
 from .base import BOUNDARIES, Degradation, check_choice, check_probability, randint, uniform
-from .decimation import decimate, half_pixel_kernels, needs_even_kernel
 
 _SUM_ATOL = 1e-3
+
+
+def half_pixel_kernels(kernels: torch.Tensor) -> torch.Tensor:
+    """(N, K, K) -> (N, K + 1, K + 1): each kernel convolved with a 2x2 box (sums are kept), which
+    centres an odd kernel between pixels for even scales (the batched ``kmsr_ops.degrade.match_parity``)."""
+    box = torch.full((1, 1, 2, 2), 0.25, dtype=kernels.dtype, device=kernels.device)
+    return torch.nn.functional.conv2d(kernels.unsqueeze(1), box, padding=1).squeeze(1)
 
 
 def as_kernel_tensor(kernels, name: str = "kernels") -> torch.Tensor:
@@ -162,5 +169,5 @@ class PoolDegradation(Degradation):
     def apply(self, hr, params):
         x = self.blur(hr, params["index"])
         if self.decimates or self.input == "lr":
-            x = decimate(x, self.scale)
+            x = decimate(x, self.scale, channels_first=True)
         return self.finish(self.mix_bicubic(x, hr, params), hr)

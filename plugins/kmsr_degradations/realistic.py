@@ -21,10 +21,10 @@ import io
 import numpy as np
 import torch
 
+from kmsr_ops.degrade import decimate
 from kmsr_ops.errors import KmsrInputError
 
 from .base import check_probability, check_range, randint, uniform
-from .decimation import decimate
 from .pool import PoolDegradation
 
 
@@ -81,7 +81,7 @@ class RealisticDegradation(PoolDegradation):
         return params
 
     def apply(self, hr, params):
-        lr = self.mix_bicubic(decimate(self.blur(hr, params["index"]), self.scale), hr, params)
+        lr = self.mix_bicubic(decimate(self.blur(hr, params["index"]), self.scale, channels_first=True), hr, params)
         sigma = params["noise_sigma"].to(device=hr.device, dtype=hr.dtype).view(-1, 1, 1, 1)
         lr = (lr + sigma * params["noise"].to(device=hr.device, dtype=hr.dtype)).clamp(0, 1)
         lr = jpeg_round_trip(lr, params["jpeg_quality"].tolist())
