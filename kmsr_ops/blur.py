@@ -47,6 +47,12 @@ _SUM_ATOL = 1e-3
 
 # --------------------------------------------------------------------------- validation
 def _validate(images, kernels, boundary: str, check_sum: bool) -> None:
+    _check_shapes(images, kernels, boundary)
+    _check_dtypes(images, kernels)
+    _check_values(images, kernels, check_sum)
+
+
+def _check_shapes(images, kernels, boundary: str) -> None:
     if boundary not in BOUNDARIES:
         raise KmsrInputError(f"boundary: expected one of {', '.join(BOUNDARIES)}, found {boundary!r}")
     shape_i, shape_k = tuple(images.shape), tuple(kernels.shape)
@@ -62,6 +68,9 @@ def _validate(images, kernels, boundary: str, check_sum: bool) -> None:
         raise KmsrInputError(
             f"kernels: expected one kernel per image ({shape_i[0]}), found {shape_k[0]} kernels"
         )
+
+
+def _check_dtypes(images, kernels) -> None:
     if is_torch_tensor(images):
         import torch
 
@@ -71,15 +80,22 @@ def _validate(images, kernels, boundary: str, check_sum: bool) -> None:
             raise KmsrInputError(f"images: expected float32 or float64 on the CPU, found {images.dtype}")
         if not torch.is_floating_point(kernels):
             raise KmsrInputError(f"kernels: expected a floating-point tensor, found {kernels.dtype}")
+    else:
+        if images.dtype not in (np.float32, np.float64):
+            raise KmsrInputError(f"images: expected a floating-point array (float32 or float64), found {images.dtype}")
+        if kernels.dtype.kind != "f":
+            raise KmsrInputError(f"kernels: expected a floating-point array, found {kernels.dtype}")
+
+
+def _check_values(images, kernels, check_sum: bool) -> None:
+    if is_torch_tensor(images):
+        import torch
+
         bad_img = not bool(torch.isfinite(images).all())
         bad_k = not bool(torch.isfinite(kernels).all())
         sums = kernels.detach().sum(dim=(1, 2)).double().cpu().numpy() if not bad_k else None
     else:
         xp = get_array_module(images)
-        if images.dtype not in (np.float32, np.float64):
-            raise KmsrInputError(f"images: expected a floating-point array (float32 or float64), found {images.dtype}")
-        if kernels.dtype.kind != "f":
-            raise KmsrInputError(f"kernels: expected a floating-point array, found {kernels.dtype}")
         bad_img = not bool(xp.isfinite(images).all())
         bad_k = not bool(xp.isfinite(kernels).all())
         sums = None if bad_k else np.asarray(_to_numpy(kernels.sum(axis=(1, 2)), xp), dtype=np.float64)
@@ -375,37 +391,49 @@ def blur(images, kernels, boundary: str = "reflect", *, method: str = "auto", ch
         raise KmsrInputError(
             f"kernels: expected the same array type as images ({type(images).__name__}), found {type(kernels).__name__}"
         )
-    _validate(images, kernels, boundary, check_sum)
-
     if is_torch_tensor(images):
-        import torch
-
-        if kernels.device != images.device:
-            raise KmsrInputError(f"kernels: expected device {images.device}, found {kernels.device}")
-        needs_grad = torch.is_grad_enabled() and (images.requires_grad or kernels.requires_grad)
-        if images.device.type == "cpu" and not needs_grad:
-            out = blur(
-                images.detach().contiguous().numpy(),
-                kernels.detach().to(images.dtype).contiguous().numpy(),
-                boundary,
-                method=method,
-                check_sum=False,
-            )
-            return torch.from_numpy(out)
-        if method in ("direct", "reference"):
-            raise KmsrInputError(f"method: {method!r} runs on NumPy arrays only; use fft, conv or auto for this tensor")
-        # On the GPU, cuDNN's grouped convolution is quick for small kernels, FFT for large ones.
-        if method == "conv" or (method == "auto" and kernels.shape[-1] <= CONV_MAX_K):
-            return _blur_torch_conv(images, kernels, boundary)
-        return _blur_torch_fft(images, kernels, boundary)
-
+        return _blur_tensor(images, kernels, boundary, method, check_sum)
+    _validate(images, kernels, boundary, check_sum)
     if is_cupy_array(images):
         if method in ("direct", "reference", "conv"):
             raise KmsrInputError(f"method: {method!r} does not run on CuPy arrays; use fft or auto")
         return _blur_fft_xp(images, kernels, boundary)
+    return _blur_array(np.asarray(images), np.asarray(kernels), boundary, method)
 
-    images = np.asarray(images)
-    kernels = np.asarray(kernels)
+
+def _blur_tensor(images, kernels, boundary: str, method: str, check_sum: bool):
+    """:func:`blur` of torch tensors: CPU tensors without autograd through the NumPy paths (zero-copy)."""
+    import torch
+
+    _check_shapes(images, kernels, boundary)
+    _check_dtypes(images, kernels)
+    needs_grad = torch.is_grad_enabled() and (images.requires_grad or kernels.requires_grad)
+    on_numpy = images.device.type == "cpu" and kernels.device == images.device and not needs_grad
+    if on_numpy and kernels.dtype in (torch.float32, torch.float64):
+        # Checked in NumPy too: torch's small ops (isfinite, sum) right after a training step wait
+        # on its busy thread pool (100 ms against 11 ms per batch of 16x3x64x64 on a loaded 2-core
+        # machine, benchmarks/results/train_step.md). Same checks, same numbers.
+        x = images.detach().contiguous().numpy()
+        k = kernels.detach().contiguous().numpy()
+        _check_values(x, k, check_sum)
+        return torch.from_numpy(_blur_array(x, k.astype(x.dtype, copy=False), boundary, method))
+    _check_values(images, kernels, check_sum)
+    if kernels.device != images.device:
+        raise KmsrInputError(f"kernels: expected device {images.device}, found {kernels.device}")
+    if on_numpy:
+        x = images.detach().contiguous().numpy()
+        k = kernels.detach().to(images.dtype).contiguous().numpy()
+        return torch.from_numpy(_blur_array(x, k, boundary, method))
+    if method in ("direct", "reference"):
+        raise KmsrInputError(f"method: {method!r} runs on NumPy arrays only; use fft, conv or auto for this tensor")
+    # On the GPU, cuDNN's grouped convolution is quick for small kernels, FFT for large ones.
+    if method == "conv" or (method == "auto" and kernels.shape[-1] <= CONV_MAX_K):
+        return _blur_torch_conv(images, kernels, boundary)
+    return _blur_torch_fft(images, kernels, boundary)
+
+
+def _blur_array(images: np.ndarray, kernels: np.ndarray, boundary: str, method: str) -> np.ndarray:
+    """:func:`blur` of checked NumPy arrays."""
     if method == "auto":
         method = choose_method(kernels.shape[-1], images.dtype)
     if method == "reference":
@@ -420,7 +448,6 @@ def blur(images, kernels, boundary: str = "reflect", *, method: str = "auto", ch
                                    torch.from_numpy(np.ascontiguousarray(kernels)), boundary)
         return out.numpy()
     return _blur_fft_xp(images, kernels, boundary)
-
 
 __all__ = [
     "BOUNDARIES",

@@ -144,27 +144,16 @@ class PoolDegradation(Degradation):
     def blur(self, hr: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``hr`` blurred with pool kernels ``index`` (one per sample, or per sample and channel)."""
         pool = self._kernels_on(hr.device, hr.dtype)
-        if hr.device.type == "cpu" and hr.dtype in (torch.float32, torch.float64) and not hr.requires_grad:
-            return self._blur_numpy(hr, pool, index)
-        ks = pool[index.to(hr.device)]
+        if hr.device.type == "cpu" and hr.dtype in (torch.float32, torch.float64):
+            # gathered in NumPy: kmsr_ops.blur runs there on the CPU, and a torch index right after
+            # a training step waits on torch's busy thread pool (benchmarks/results/train_step.md)
+            ks = torch.from_numpy(pool.numpy()[index.cpu().numpy()])
+        else:
+            ks = pool[index.to(hr.device)]
         if self.per_channel:
             b, c, h, w = hr.shape
-            return blur(hr.reshape(b * c, 1, h, w), ks, self.boundary).reshape(b, c, h, w)
-        return blur(hr, ks, self.boundary)
-
-    def _blur_numpy(self, hr: torch.Tensor, pool: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        # On the CPU kmsr_ops.blur runs in NumPy anyway; gathering the kernels and checking the
-        # batch there too skips small torch ops (index, isfinite) that, right after a training
-        # step, wait on torch's busy thread pool: 100 ms against 11 ms per batch of 16x3x64x64
-        # on a loaded 2-core machine (benchmarks/results/train_step.md). Same numbers either way.
-        x = np.ascontiguousarray(hr.detach().numpy())
-        ks = pool.numpy()[index.cpu().numpy()]
-        if self.per_channel:
-            b, c, h, w = x.shape
-            out = blur(x.reshape(b * c, 1, h, w), ks, self.boundary, check_sum=False).reshape(b, c, h, w)
-        else:
-            out = blur(x, ks, self.boundary, check_sum=False)  # the pool was checked when loaded
-        return torch.from_numpy(out)
+            return blur(hr.reshape(b * c, 1, h, w), ks, self.boundary, check_sum=False).reshape(b, c, h, w)
+        return blur(hr, ks, self.boundary, check_sum=False)  # the pool was checked when loaded
 
     def apply(self, hr, params):
         x = self.blur(hr, params["index"])
