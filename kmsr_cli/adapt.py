@@ -38,11 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kmsr_ops.errors import KmsrInputError
+from kmsr_ops.errors import KmsrError, KmsrInputError
 from kmsr_ops.files import file_sha256
 
 from .atomic import OutputLock, replace_atomically
-from .errors import CliError
 
 GAN_MIN_KERNELS = 100
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -97,7 +96,7 @@ def _read_json(path: Path) -> dict | None:
     try:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise CliError(f"{path}: unreadable ({exc})", hint=f"delete {path} and rerun: that stage is redone") from None
+        raise KmsrError(f"{path}: unreadable ({exc})", hint=f"delete {path} and rerun: that stage is redone") from None
     return doc if isinstance(doc, dict) else None
 
 
@@ -149,7 +148,7 @@ def measure_noise(photos: list[Path]) -> dict:
                           "blocks": est.blocks_used})
     levels = np.array([r["sigma_mean"] for r in per_photo if "sigma_mean" in r])
     if levels.size == 0:
-        raise CliError("the noise could not be measured on any photo: " + per_photo[0]["error"],
+        raise KmsrError("the noise could not be measured on any photo: " + per_photo[0]["error"],
                        hint="photos need flat regions of at least 16x16 pixels")
     sig = np.array([r["sigma"] for r in per_photo if "sigma" in r])
     lo, hi = (float(v) for v in np.percentile(levels, [10, 90]))
@@ -242,17 +241,17 @@ def run_adapt(photos: list[Path], out: Path, settings: AdaptSettings, *, host, s
     t0 = time.perf_counter()
     s = settings
     if s.minutes <= 0 and s.steps is None:
-        raise CliError("--minutes: expected a positive training budget")
+        raise KmsrError("--minutes: expected a positive training budget")
     out = Path(out)
     if out.suffix != ".safetensors":
-        raise CliError(f"-o {out}: expected a .safetensors model path")
+        raise KmsrError(f"-o {out}: expected a .safetensors model path")
     base = os.path.abspath(s.base or str(shipped_model_path("kmsr", s.scale)))
     if not Path(base).is_file():
-        raise CliError(f"--base {s.base or base}: no such model file",
+        raise KmsrError(f"--base {s.base or base}: no such model file",
                        hint=f"the shipped models are x2 and x4; pass --base MODEL.safetensors for x{s.scale}")
     base_meta = read_model_meta(base)
     if base_meta.scale not in (None, s.scale):
-        raise CliError(f"--base {base}: the model is x{base_meta.scale}, but --scale is {s.scale}")
+        raise KmsrError(f"--base {base}: the model is x{base_meta.scale}, but --scale is {s.scale}")
     photos = sorted(photos, key=lambda p: os.path.abspath(p))  # the order a folder or glob gave does not matter
     fingerprint = photos_fingerprint(photos)
     work = work_dir_for(out)
@@ -299,13 +298,13 @@ def _check_progress(state_path: Path, work: Path, s: AdaptSettings, *, base: str
     state = _read_json(state_path) or {}
     again = f"use another -o, or delete {work} to start over"
     if state and state.get("photos_sha256") != fingerprint:
-        raise CliError(f"{work} was made from other photos", hint=again)
+        raise KmsrError(f"{work} was made from other photos", hint=again)
     if state and state.get("base") != base:
-        raise CliError(f"{work} fine-tunes {state.get('base')}, not {base}", hint=again)
+        raise KmsrError(f"{work} fine-tunes {state.get('base')}, not {base}", hint=again)
     estimation = {"scale": s.scale, "patch": s.patch, "per_image": s.per_image, "seed": s.seed}
     if state.get("estimation", estimation) != estimation:
         was = state["estimation"]
-        raise CliError(f"{work} estimated its kernels with --patch {was.get('patch')} --per-image {was.get('per_image')} "
+        raise KmsrError(f"{work} estimated its kernels with --patch {was.get('patch')} --per-image {was.get('per_image')} "
                        f"--seed {was.get('seed')}, not --patch {s.patch} --per-image {s.per_image} --seed {s.seed}",
                        hint=f"rerun with those, or delete {work / 'kernels.h5'} and {work / 'pool.h5'} to estimate again")
     state.update({"photos_sha256": fingerprint, "base": base, "scale": s.scale, "estimation": estimation})
@@ -336,7 +335,7 @@ def _stage_kernels(photos: list[Path], work: Path, s: AdaptSettings, *, host, sa
     summary = run_estimate(host, photos, kernels, est_settings, device=s.device, warn=warn, progress=on_progress)
     if summary.kernels_total == 0:
         why, hint = summary.why_nothing()
-        raise CliError(f"no kernel could be estimated: {why}", hint=hint)
+        raise KmsrError(f"no kernel could be estimated: {why}", hint=hint)
     with KernelSet(kernels) as ks:
         n_est = len(ks.kernels())
     say(f"  {n_est} kernels ({summary.kernels_resumed} from an earlier run)")
@@ -351,7 +350,7 @@ def _stage_pool(work: Path, kernels: Path, n_est: int, s: AdaptSettings, *, host
     if pool_info is not None and (pool_info.get("kernels_sha256") != kernels_sha or ("gan_check" in pool_info and pool_info.get("gan_iters") != s.gan_iters)
                                   or not pool.exists() or pool_info.get("pool_sha256") != file_sha256(pool)):
         if (work / "run" / "state.pt").exists():
-            raise CliError(f"{pool} no longer matches {kernels} (or its record is gone), and {work / 'run'} trained on it",
+            raise KmsrError(f"{pool} no longer matches {kernels} (or its record is gone), and {work / 'run'} trained on it",
                            hint=f"delete {work / 'run'} and {work / 'progress.json'} to train again on a new pool")
         pool_info = None
     if pool_info is None:
@@ -469,6 +468,6 @@ def _trained_model(run: Path, *, host):
     from .checkpoint import load_model
 
     if not (run / "model.safetensors").is_file():
-        raise CliError(f"{run} holds no trained model: the budget was spent before a checkpoint was written",
+        raise KmsrError(f"{run} holds no trained model: the budget was spent before a checkpoint was written",
                        hint="rerun with a larger --minutes (counted across reruns), or with --steps N")
     return load_model(run / "model.safetensors", host=host)

@@ -80,34 +80,20 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from kmsr_ops.errors import KmsrInputError
-
-    from .errors import CliError
-
-    return (CliError, KmsrInputError, FileNotFoundError, PermissionError, IsADirectoryError)
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point; errors are mapped to a message and an exit code by ``commands.failure``."""
+    from .commands.failure import USER_ERRORS, DebugCliError, failure_of, show
+
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("KMSR_DEBUG", "") not in ("", "0")
     try:
         app(args=args, prog_name="kmsr")
-    except _user_error_types() as exc:
-        if debug:
-            raise
-        from rich.markup import escape
-
-        hint = getattr(exc, "hint", None)
-        # Messages quote paths and user values: print them verbatim, never as rich markup.
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        if hint:
-            err.print(f"[dim]try:[/] {escape(str(hint))}", highlight=False, soft_wrap=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]")
-        sys.exit(130)
+    except (*USER_ERRORS, KeyboardInterrupt) as exc:
+        failure = failure_of(exc)
+        if debug and not isinstance(exc, KeyboardInterrupt):
+            raise DebugCliError(failure.message) from exc
+        show(failure, err)
+        sys.exit(failure.exit_code)
     except SystemExit as exc:
         # Typer turns Ctrl-C inside a command into a silent exit 130: say why the command stopped.
         if exc.code == 130 and _caused_by_interrupt(exc):

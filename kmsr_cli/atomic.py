@@ -66,14 +66,14 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[str], None], *,
 def check_output_folder(path: str | os.PathLike, option: str) -> Path:
     """Refuse, before any work, an output folder that cannot be one: ``path`` or one of the
     folders above it exists and is not a folder. Returns ``path``; creates nothing."""
-    from .errors import CliError
+    from kmsr_ops.errors import KmsrError
 
     path = Path(path)
     for p in (path, *path.parents):
         if p.exists() or p.is_symlink():
             if not p.is_dir():
                 what = "is an existing file" if p == path else f"cannot be made: {p} is an existing file"
-                raise CliError(f"{option} {path}: a folder is expected, but it {what}",
+                raise KmsrError(f"{option} {path}: a folder is expected, but it {what}",
                                hint=f"choose another {option}, or move {p} away")
             break
     return path
@@ -82,7 +82,7 @@ def check_output_folder(path: str | os.PathLike, option: str) -> Path:
 class OutputLock:
     """An exclusive ``fcntl.flock`` on ``OUT.lock`` beside an output, held for a whole run.
 
-    A second run on the same output fails at once (``CliError`` naming the output) instead of
+    A second run on the same output fails at once (``KmsrError`` naming the output) instead of
     sharing its temporary and partial files. The lock file is removed when the lock is
     released; a run that finds the file it locked already unlinked (a race with that removal)
     locks the new one instead. The lock goes with the process, so a killed run never leaves
@@ -98,7 +98,7 @@ class OutputLock:
     def acquire(self) -> OutputLock:
         import fcntl
 
-        from .errors import CliError
+        from kmsr_ops.errors import KmsrError
 
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         while True:
@@ -107,7 +107,7 @@ class OutputLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise CliError(
+                raise KmsrError(
                     f"{self.path}: another {self.command} run is writing this output (it holds {self.lock_path})",
                     hint="wait for that run to finish, or choose another -o",
                 ) from None

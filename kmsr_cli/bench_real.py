@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kmsr_ops.errors import KmsrError
+
 from .bench import (
     PROTOCOL,
     BenchReport,
@@ -38,7 +40,6 @@ from .bench import (
     score_model,
     summarise,
 )
-from .errors import CliError
 
 LAYOUT_FOLDERS = "HR/ and LR/"
 LAYOUT_NAMES = "NAME_HR / NAME_LR{s}"
@@ -112,9 +113,9 @@ def _child(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _unmatched(folder: Path, have: Path, want: str, count: int) -> CliError:
+def _unmatched(folder: Path, have: Path, want: str, count: int) -> KmsrError:
     more = f" (and {count - 1} more without a partner)" if count > 1 else ""
-    return CliError(f"{folder}: {have.relative_to(folder)} has no partner {want}{more}")
+    return KmsrError(f"{folder}: {have.relative_to(folder)} has no partner {want}{more}")
 
 
 def strip_file_names(names: list[str]) -> dict[str, str]:
@@ -127,19 +128,19 @@ def strip_file_names(names: list[str]) -> dict[str, str]:
 def find_pairs(folder: Path, scale: int, name: str | None = None) -> PairSet:
     """The pairs in ``folder`` (either layout, see the module docstring), sorted by name."""
     if not folder.exists():
-        raise CliError(f"{folder}: no such folder ({_expected_layouts(scale)})")
+        raise KmsrError(f"{folder}: no such folder ({_expected_layouts(scale)})")
     if not folder.is_dir():
-        raise CliError(f"{folder}: not a folder ({_expected_layouts(scale)})")
+        raise KmsrError(f"{folder}: not a folder ({_expected_layouts(scale)})")
     set_name = name or folder.name or folder.resolve().name
     hr_dir, lr_dir = _child(folder, "HR"), _child(folder, "LR")
     if hr_dir is not None or lr_dir is not None:
         if hr_dir is None or lr_dir is None:
             have, missing = ("HR/", "LR/") if lr_dir is None else ("LR/", "HR/")
-            raise CliError(f"{folder}: has {have} but no {missing} beside it ({_expected_layouts(scale)})")
+            raise KmsrError(f"{folder}: has {have} but no {missing} beside it ({_expected_layouts(scale)})")
         hr_files = {p.name: p for p in _images_in(hr_dir)}
         lr_files = {p.name: p for p in _images_in(lr_dir)}
         if not hr_files and not lr_files:
-            raise CliError(f"{folder}: HR/ and LR/ hold no images ({_expected_layouts(scale)})")
+            raise KmsrError(f"{folder}: HR/ and LR/ hold no images ({_expected_layouts(scale)})")
         lonely_hr = [n for n in hr_files if n not in lr_files]
         if lonely_hr:
             raise _unmatched(folder, hr_files[lonely_hr[0]], f"{lr_dir.name}/{lonely_hr[0]}", len(lonely_hr))
@@ -157,15 +158,15 @@ def find_pairs(folder: Path, scale: int, name: str | None = None) -> PairSet:
         side = hr_files if m.group("hr") else lr_files.setdefault(int(m.group("s")), {})
         key = m.group("name")
         if key in side:
-            raise CliError(f"{folder}: {side[key].name} and {p.name} are both {key}'s "
+            raise KmsrError(f"{folder}: {side[key].name} and {p.name} are both {key}'s "
                            f"{'HR' if m.group('hr') else 'LR' + m.group('s')} image; keep one")
         side[key] = p
     lr_here = lr_files.get(scale, {})
     if not hr_files and not lr_files:
-        raise CliError(f"{folder}: no HR/LR pairs found ({_expected_layouts(scale)})")
+        raise KmsrError(f"{folder}: no HR/LR pairs found ({_expected_layouts(scale)})")
     if hr_files and not lr_here and lr_files:
         others = ", ".join(f"_LR{s}" for s in sorted(lr_files))
-        raise CliError(f"{folder}: holds {others} files but no NAME_LR{scale} files for --scale {scale}")
+        raise KmsrError(f"{folder}: holds {others} files but no NAME_LR{scale} files for --scale {scale}")
     lonely_hr = [n for n in hr_files if n not in lr_here]
     if lonely_hr:
         raise _unmatched(folder, hr_files[lonely_hr[0]], f"{lonely_hr[0]}_LR{scale}.*", len(lonely_hr))
@@ -173,7 +174,7 @@ def find_pairs(folder: Path, scale: int, name: str | None = None) -> PairSet:
     if lonely_lr:
         raise _unmatched(folder, lr_here[lonely_lr[0]], f"{lonely_lr[0]}_HR.*", len(lonely_lr))
     if not hr_files:
-        raise CliError(f"{folder}: no HR/LR pairs found for x{scale} ({_expected_layouts(scale)})")
+        raise KmsrError(f"{folder}: no HR/LR pairs found for x{scale} ({_expected_layouts(scale)})")
     pairs = [Pair(n, hr_files[n], lr_here[n]) for n in sorted(hr_files)]
     return PairSet(set_name, folder, LAYOUT_NAMES.replace("{s}", str(scale)), pairs)
 
@@ -187,11 +188,11 @@ def parse_pair_sets(items: Iterable[str] | None, scale: int) -> list[PairSet]:
         label, spec = _split_label(item) if "=" in item and not Path(item).exists() else (None, item)
         sets.append(find_pairs(Path(spec), scale, label))
     if not sets:
-        raise CliError("--pairs: no pair folder given", hint="--pairs ../shared/data/real_pairs/RealSR_x4_Canon")
+        raise KmsrError("--pairs: no pair folder given", hint="--pairs ../shared/data/real_pairs/RealSR_x4_Canon")
     seen: dict[str, Path] = {}
     for ps in sets:
         if ps.name in seen:
-            raise CliError(f"--pairs: two pair sets are named {ps.name!r} ({seen[ps.name]} and {ps.folder})",
+            raise KmsrError(f"--pairs: two pair sets are named {ps.name!r} ({seen[ps.name]} and {ps.folder})",
                            hint="name each one with NAME=DIR")
         seen[ps.name] = ps.folder
     return sets
@@ -210,10 +211,10 @@ def load_pairs(pair_set: PairSet, scale: int) -> None:
         lr, pair.lr_bits = read_samples(pair.lr_path)
         (h, w), (lh, lw) = hr.shape[:2], lr.shape[:2]
         if h // scale != lh or w // scale != lw:
-            raise CliError(f"{pair.name}: HR is {w}x{h}, LR is {lw}x{lh}; at x{scale} the LR should be "
+            raise KmsrError(f"{pair.name}: HR is {w}x{h}, LR is {lw}x{lh}; at x{scale} the LR should be "
                            f"{w // scale}x{h // scale} ({pair_set.folder})")
         if min(lh, lw) * scale < min_hr_side(scale):
-            raise CliError(f"{pair.name}: a {w}x{h} HR image is too small for x{scale}: the metrics need at least "
+            raise KmsrError(f"{pair.name}: a {w}x{h} HR image is too small for x{scale}: the metrics need at least "
                            f"{min_hr_side(scale)} pixels a side (SSIM's 11x11 window after a {scale}-pixel shave)")
         pair.modcropped = (h, w) != (lh * scale, lw * scale)
         pair.hr = hr[: lh * scale, : lw * scale]
@@ -239,7 +240,7 @@ def run_real(
     from .models import resolve_model
 
     if save is not None and save.exists() and not save.is_dir():
-        raise CliError(f"--save: {save} exists and is not a folder")
+        raise KmsrError(f"--save: {save} exists and is not a folder")
     models = [load_model_for(ms, scale, host, option="--scale", ensemble=ensemble) for ms in model_specs]
     for ps in pair_sets:
         load_pairs(ps, scale)

@@ -14,7 +14,7 @@ JSON for the caller (training degradation, pool fingerprint, step, ...). Trainin
 resuming (optimiser, scheduler, RNG) does not belong here.
 
 Files are written to a temporary file in the same folder and moved into place. Nothing is
-unpickled when loading. Every failure raises :class:`CliError` naming the file.
+unpickled when loading. Every failure raises :class:`KmsrError` naming the file.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kmsr_ops.errors import KmsrError
+
 from . import __version__
 from .atomic import replace_atomically
-from .errors import CliError
 
 FORMAT_NAME = "kmsr-model"
 FORMAT_VERSION = 1
@@ -56,15 +57,15 @@ class ModelMeta:
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise CliError(f"{path}: the kmsr metadata is not valid JSON ({exc})") from None
+            raise KmsrError(f"{path}: the kmsr metadata is not valid JSON ({exc})") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("backbone"), str):
-            raise CliError(f"{path}: the kmsr metadata has no backbone name")
+            raise KmsrError(f"{path}: the kmsr metadata has no backbone name")
         scale = doc.get("scale")
         if scale is not None and (not isinstance(scale, int) or isinstance(scale, bool)):
-            raise CliError(f"{path}: the kmsr metadata has scale {scale!r}, expected an integer or null")
+            raise KmsrError(f"{path}: the kmsr metadata has scale {scale!r}, expected an integer or null")
         for key in ("options", "extra"):
             if not isinstance(doc.get(key, {}), dict):
-                raise CliError(f"{path}: the kmsr metadata's {key!r} is not a JSON object")
+                raise KmsrError(f"{path}: the kmsr metadata's {key!r} is not a JSON object")
         return cls(
             backbone=doc["backbone"],
             scale=scale,
@@ -79,7 +80,7 @@ def _json_friendly(value: Any, what: str) -> Any:
     try:
         return json.loads(json.dumps(value))
     except (TypeError, ValueError) as exc:
-        raise CliError(f"{what}: expected JSON-friendly values (numbers, strings, lists, dicts), found {exc}") from None
+        raise KmsrError(f"{what}: expected JSON-friendly values (numbers, strings, lists, dicts), found {exc}") from None
 
 
 def save_model(
@@ -106,9 +107,9 @@ def save_model(
     if options is None:
         options = getattr(model, "options", None)
         if options is None:
-            raise CliError(f"save_model: {type(model).__name__} has no .options; pass options= (constructor arguments)")
+            raise KmsrError(f"save_model: {type(model).__name__} has no .options; pass options= (constructor arguments)")
     if scale is not None and (isinstance(scale, bool) or int(scale) != scale):
-        raise CliError(f"save_model: scale must be an integer or None, found {scale!r}")
+        raise KmsrError(f"save_model: scale must be an integer or None, found {scale!r}")
     meta = ModelMeta(
         backbone=str(backbone),
         scale=None if scale is None else int(scale),
@@ -125,9 +126,9 @@ def save_model(
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise CliError(f"{path}: no such file (expected a kmsr model checkpoint, {SUFFIX})")
+        raise KmsrError(f"{path}: no such file (expected a kmsr model checkpoint, {SUFFIX})")
     if path.is_dir():
-        raise CliError(f"{path}: is a folder, expected a kmsr model checkpoint ({SUFFIX})")
+        raise KmsrError(f"{path}: is a folder, expected a kmsr model checkpoint ({SUFFIX})")
 
 
 def read_model_meta(path: str | os.PathLike) -> ModelMeta:
@@ -140,10 +141,10 @@ def read_model_meta(path: str | os.PathLike) -> ModelMeta:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CliError(f"{path}: not a readable safetensors file ({exc}); expected a kmsr model checkpoint") from None
+        raise KmsrError(f"{path}: not a readable safetensors file ({exc}); expected a kmsr model checkpoint") from None
     fmt = header.get("format")
     if fmt != FORMAT_NAME or "kmsr" not in header:
-        raise CliError(
+        raise KmsrError(
             f"{path}: a safetensors file without kmsr metadata (format={fmt!r}, expected {FORMAT_NAME!r}); "
             "published weights load through the backbone's weights= option"
         )
@@ -152,29 +153,29 @@ def read_model_meta(path: str | os.PathLike) -> ModelMeta:
     except ValueError:
         version = -1
     if not 1 <= version <= FORMAT_VERSION:
-        raise CliError(f"{path}: checkpoint format version {header.get('format_version')!r}; this kmsr reads 1..{FORMAT_VERSION}")
+        raise KmsrError(f"{path}: checkpoint format version {header.get('format_version')!r}; this kmsr reads 1..{FORMAT_VERSION}")
     return ModelMeta.from_json(header["kmsr"], path)
 
 
 def check_meta(meta: ModelMeta, path, *, backbone: str | None = None, options: dict | None = None,
                scale: int | None = None) -> None:
-    """Raise CliError when the checkpoint is not for the expected backbone, options or scale.
+    """Raise KmsrError when the checkpoint is not for the expected backbone, options or scale.
 
     Only what is given is checked; ``options`` are compared key by key (a key the checkpoint
     lacks counts as a mismatch).
     """
     if backbone is not None and meta.backbone != backbone:
-        raise CliError(
+        raise KmsrError(
             f"{path}: checkpoint is for backbone {meta.backbone!r} ({_fmt(meta.options)}), expected {backbone!r}",
             hint=f"use --backbone {meta.backbone}, or another checkpoint",
         )
     if scale is not None and meta.scale is not None and meta.scale != scale:
-        raise CliError(f"{path}: checkpoint is for scale x{meta.scale}, expected x{scale}")
+        raise KmsrError(f"{path}: checkpoint is for scale x{meta.scale}, expected x{scale}")
     if options:
         wrong = {k: v for k, v in options.items() if meta.options.get(k, _MISSING) != v}
         if wrong:
             found = {k: meta.options.get(k, "<absent>") for k in wrong}
-            raise CliError(f"{path}: checkpoint {meta.backbone!r} was built with {_fmt(found)}, expected {_fmt(wrong)}")
+            raise KmsrError(f"{path}: checkpoint {meta.backbone!r} was built with {_fmt(found)}, expected {_fmt(wrong)}")
 
 
 def _fmt(options: dict) -> str:
@@ -190,7 +191,7 @@ def _check_finite(state: dict, path: Path) -> None:
     if bad:
         k, n = bad[0]
         more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
-        raise CliError(f"{path}: the weights are damaged: tensor {k!r} holds {n} NaN or infinite values{more}",
+        raise KmsrError(f"{path}: the weights are damaged: tensor {k!r} holds {n} NaN or infinite values{more}",
                        hint="use an earlier checkpoint (e.g. best.safetensors), or train again with a lower --lr")
 
 
@@ -207,11 +208,11 @@ def _check_model_size(host, meta: ModelMeta, path: Path) -> None:
             probe = host.get("backbones", meta.backbone).create(scale=meta.scale, **meta.options)
         need = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
     except (TypeError, ValueError) as exc:
-        raise CliError(f"{path}: backbone {meta.backbone!r} rejects the saved options {_fmt(meta.options)}: {exc}") from None
+        raise KmsrError(f"{path}: backbone {meta.backbone!r} rejects the saved options {_fmt(meta.options)}: {exc}") from None
     except RuntimeError as exc:
         if "overflow" not in str(exc):
             return  # not buildable on the meta device (say, .item() in __init__): the real build decides
-        raise CliError(f"{path}: the metadata describes a {meta.backbone!r} model ({_fmt(meta.options)}) too large "
+        raise KmsrError(f"{path}: the metadata describes a {meta.backbone!r} model ({_fmt(meta.options)}) too large "
                        f"to exist (its tensor sizes overflow), but the file holds {human_bytes(path.stat().st_size)}: "
                        "the file is damaged or its metadata is wrong") from None
     except Exception:  # noqa: BLE001 - not buildable on the meta device: the real build decides
@@ -219,7 +220,7 @@ def _check_model_size(host, meta: ModelMeta, path: Path) -> None:
     held = path.stat().st_size
     # Weights saved in half (or 8-bit) precision take 2 (4) times less than the float32 model.
     if need > 4 * held + (1 << 20):
-        raise CliError(f"{path}: the metadata describes a {meta.backbone!r} model ({_fmt(meta.options)}) of "
+        raise KmsrError(f"{path}: the metadata describes a {meta.backbone!r} model ({_fmt(meta.options)}) of "
                        f"{human_bytes(need)} of weights, but the file holds {human_bytes(held)}: the file is damaged "
                        "or its metadata is wrong")
     check_memory(need, f"{path}: the {meta.backbone!r} model ({_fmt(meta.options)})")
@@ -252,17 +253,17 @@ def load_model(
     host = host or get_host()
     if meta.backbone not in host.names("backbones"):
         known = ", ".join(host.names("backbones")) or "none installed"
-        raise CliError(f"{path}: checkpoint is for backbone {meta.backbone!r}, which is not installed (installed: {known})",
+        raise KmsrError(f"{path}: checkpoint is for backbone {meta.backbone!r}, which is not installed (installed: {known})",
                        hint=_HINT)
     _check_model_size(host, meta, path)
     try:
         model = host.get("backbones", meta.backbone).create(scale=meta.scale, **meta.options)
     except (TypeError, ValueError) as exc:
-        raise CliError(f"{path}: backbone {meta.backbone!r} rejects the saved options {_fmt(meta.options)}: {exc}") from None
+        raise KmsrError(f"{path}: backbone {meta.backbone!r} rejects the saved options {_fmt(meta.options)}: {exc}") from None
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CliError(f"{path}: the weights cannot be read ({exc}); the file is damaged") from None
+        raise KmsrError(f"{path}: the weights cannot be read ({exc}); the file is damaged") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -276,7 +277,7 @@ def load_model(
         if wrong:
             k = wrong[0]
             parts.append(f"{len(wrong)} with other shapes (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
-        raise CliError(f"{path}: weights do not fit backbone {meta.backbone!r} ({_fmt(meta.options)}): " + "; ".join(parts))
+        raise KmsrError(f"{path}: weights do not fit backbone {meta.backbone!r} ({_fmt(meta.options)}): " + "; ".join(parts))
     _check_finite(state, path)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta
@@ -294,7 +295,7 @@ def load_training_state(path: str | os.PathLike, *, hint: str | None = None) -> 
     """The tensors-only training state (``state.pt``) at ``path``, read with ``weights_only=True``.
 
     Nothing is unpickled beyond tensors and plain containers. A file that cannot be read as one
-    (empty, truncated, a pickle of other objects, another format) raises :class:`CliError`: one
+    (empty, truncated, a pickle of other objects, another format) raises :class:`KmsrError`: one
     line naming the file and saying that the state is damaged, whatever torch raised.
     """
     import pickle
@@ -306,9 +307,9 @@ def load_training_state(path: str | os.PathLike, *, hint: str | None = None) -> 
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise CliError(f"{path}: the training state cannot be read ({exc.strerror or exc})", hint=hint) from None
+        raise KmsrError(f"{path}: the training state cannot be read ({exc.strerror or exc})", hint=hint) from None
     if size == 0:
-        raise CliError(f"{path}: the training state is damaged (the file is empty)", hint=hint)
+        raise KmsrError(f"{path}: the training state is damaged (the file is empty)", hint=hint)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says enough
@@ -321,5 +322,5 @@ def load_training_state(path: str | os.PathLike, *, hint: str | None = None) -> 
             reason = "truncated, or not a torch file"
         else:
             reason = f"{type(exc).__name__}: {short_reason(text) or 'unexpected end of file'}"
-        raise CliError(f"{path}: the training state is damaged or not a kmsr training state ({reason})",
+        raise KmsrError(f"{path}: the training state is damaged or not a kmsr training state ({reason})",
                        hint=hint) from None

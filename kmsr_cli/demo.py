@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CliError
+from kmsr_ops.errors import KmsrError
+
 from .models import shipped_model_path
 from .report import labelled_strip
 from .sample_data import export_cc0, load_cc0
@@ -57,7 +58,7 @@ def _run(args: list[str], say: Callable[[str], None], *, capture_json: bool = Fa
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env)
     if proc.returncode != 0:
-        raise CliError(f"the demo step `kmsr {args[0]}` failed (exit {proc.returncode}); its error is above")
+        raise KmsrError(f"the demo step `kmsr {args[0]}` failed (exit {proc.returncode}); its error is above")
     if capture_json:
         return json.loads(proc.stdout)
     return None
@@ -76,7 +77,7 @@ def run_demo(out: Path, *, quick: bool, device: str, seed: int, say: Callable[[s
     cfg = QUICK if quick else FULL
     model = shipped_model_path("kmsr", SCALE)
     if not model.exists():
-        raise CliError(f"the shipped x{SCALE} model is missing ({model}); reinstall kmsr from a full source tree")
+        raise KmsrError(f"the shipped x{SCALE} model is missing ({model}); reinstall kmsr from a full source tree")
     out.mkdir(parents=True, exist_ok=True)
     res = DemoResult(out=str(out))
     dev = ["--device", device]

@@ -30,12 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kmsr_ops.errors import ImageReadError, KmsrInputError
+from kmsr_ops.errors import ImageReadError, KmsrError, KmsrInputError
 from kmsr_ops.image_io import IMAGE_SUFFIXES, images_in
 from kmsr_ops.resize import imresize
 
 from .atomic import OutputLock, sidecar_path
-from .errors import CliError
 from .kernelset import KernelSet, Provenance, path_bytes_hex, write_kernel_set
 
 # Smallest patch side (after upscaling) worth estimating a kernel from: below this a 25x25
@@ -64,21 +63,21 @@ def discover_photos(specs: Iterable[str], *, stdin: Iterable[str] | None = None,
         if any(ch in spec for ch in "*?["):
             matches = sorted(glob.glob(spec, recursive=True))
             if not matches:
-                raise CliError(f"{spec}: the pattern matches no file")
+                raise KmsrError(f"{spec}: the pattern matches no file")
             found.extend(Path(m) for m in matches if Path(m).is_file())
             continue
         p = Path(spec)
         if p.is_dir():
             imgs = images_in(p, recursive=True)
             if not imgs:
-                raise CliError(f"{p}: the folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise KmsrError(f"{p}: the folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             found.extend(imgs)
         else:
             found.append(p)
     missing = [p for p in found if not p.exists()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise CliError(f"{missing[0]}: no such file{more}", hint=missing_hint)
+        raise KmsrError(f"{missing[0]}: no such file{more}", hint=missing_hint)
     unique: list[Path] = []
     seen: set[str] = set()
     for p in found:
@@ -87,7 +86,7 @@ def discover_photos(specs: Iterable[str], *, stdin: Iterable[str] | None = None,
             seen.add(key)
             unique.append(p)
     if not unique:
-        raise CliError("no photos given", hint=empty_hint)
+        raise KmsrError("no photos given", hint=empty_hint)
     return unique
 
 
@@ -288,7 +287,7 @@ class PartialStore:
             if made_by != fingerprint:
                 if existing != "overwrite":
                     diff = _fingerprint_differences(made_by, fingerprint) if isinstance(made_by, dict) else "unknown settings"
-                    raise CliError(f"{self.folder} holds the unfinished kernels of another estimate run ({diff})",
+                    raise KmsrError(f"{self.folder} holds the unfinished kernels of another estimate run ({diff})",
                                    hint="rerun that command to finish it, choose another -o, "
                                         "or add --overwrite to discard them")
                 self.clear()
@@ -415,7 +414,7 @@ class DaskPool:
         try:
             import dask.distributed  # noqa: F401
         except ImportError:
-            raise CliError("--dask needs dask.distributed, which is not installed",
+            raise KmsrError("--dask needs dask.distributed, which is not installed",
                            hint="pip install 'kmsr[dask]'") from None
         kind, what = parse_dask(spec)
         self.cluster = None
@@ -439,7 +438,7 @@ class DaskPool:
             try:
                 self.client = Client(what, timeout="10s")
             except OSError as exc:
-                raise CliError(f"--dask {spec}: no Dask scheduler answers there ({exc})") from None
+                raise KmsrError(f"--dask {spec}: no Dask scheduler answers there ({exc})") from None
         self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
         self.executor = self.client.get_executor(pure=False)
 
@@ -560,7 +559,7 @@ def _check_existing_output(out: Path, settings: Settings, fingerprint: dict, exi
     link = f" (a link to {os.readlink(out)})" if out.is_symlink() else ""
     ks = KernelSet(out)
     if ks.scale != settings.scale or ks.kernel_size != settings.kernel_size:
-        raise CliError(
+        raise KmsrError(
             f"{out} already holds x{ks.scale} kernels of size {ks.kernel_size}, not x{settings.scale} size {settings.kernel_size}",
             hint="write to another -o file, or delete the old one",
         )
@@ -575,11 +574,11 @@ def _check_existing_output(out: Path, settings: Settings, fingerprint: dict, exi
                 from collections import Counter
 
                 origins = ", ".join(f"{c} {o}" for o, c in Counter(ks.provenance().origin).most_common())
-                raise CliError(f"{out}{link} already exists and was not written by this estimate command "
+                raise KmsrError(f"{out}{link} already exists and was not written by this estimate command "
                                f"(it holds {origins} kernels): refusing to add this run's kernels to it",
                                hint=_EXISTING_HINT)
             if made_by != fingerprint:
-                raise CliError(f"{out}{link} already holds the kernels of another estimate run "
+                raise KmsrError(f"{out}{link} already holds the kernels of another estimate run "
                                f"({_fingerprint_differences(made_by, fingerprint)}): refusing to add this run's to them",
                                hint=_EXISTING_HINT)
         return ks.kernels(), ks.provenance()
@@ -690,7 +689,7 @@ def _start_pool(settings: Settings, opts: dict, device: str, workers: int, dask:
     may be in flight at once."""
     if dask is not None:
         if device != "cpu":
-            raise CliError("--dask runs the estimator on the workers' CPUs; drop --device or use --device cpu")
+            raise KmsrError("--dask runs the estimator on the workers' CPUs; drop --device or use --device cpu")
         pool = DaskPool(dask, settings.estimator, opts)
         return pool, 4 * pool.workers  # enough queued per worker to hide the scheduler's round trips
     if workers > 1 and device == "cpu":

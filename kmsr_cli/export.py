@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kmsr_ops.errors import KmsrError
+
 from .atomic import replace_atomically
-from .errors import CliError
 
 ATOL = 1e-4
 
@@ -36,7 +37,7 @@ def _need(module: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError:
-        raise CliError(f"kmsr export needs {module}, which is not installed", hint="pip install 'kmsr[fast]'") from None
+        raise KmsrError(f"kmsr export needs {module}, which is not installed", hint="pip install 'kmsr[fast]'") from None
 
 
 def _source_sha256(spec: str, scale: int) -> str:
@@ -65,7 +66,7 @@ def export_model(spec: str, out: Path, *, scale: int | None = None, host=None, c
 
     model = resolve_model(spec, scale=scale, host=host)
     if model.name == "bicubic":
-        raise CliError("bicubic is not a network; there is nothing to export")
+        raise KmsrError("bicubic is not a network; there is nothing to export")
     module = model.module
     module.eval()
     cin = 1 if model.channels == "y" else 3
@@ -74,7 +75,7 @@ def export_model(spec: str, out: Path, *, scale: int | None = None, host=None, c
     try:
         graph = onnx.load_from_string(export_onnx_bytes(module, cin, sides[0]))
     except Exception as exc:  # noqa: BLE001 - an operator the exporter cannot write, ...: one line, nothing written
-        raise CliError(f"{spec}: the network cannot be exported to ONNX ({type(exc).__name__}: "
+        raise KmsrError(f"{spec}: the network cannot be exported to ONNX ({type(exc).__name__}: "
                        f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing written") from None
     sha = _source_sha256(spec, model.scale)
     props = {"kmsr.input": model.input, "kmsr.channels": model.channels, "kmsr.scale": str(model.scale),
@@ -90,7 +91,7 @@ def export_model(spec: str, out: Path, *, scale: int | None = None, host=None, c
     try:
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime refuses the graph: one line, nothing written
-        raise CliError(f"ONNX Runtime cannot load the exported graph ({type(exc).__name__}); nothing written") from None
+        raise KmsrError(f"ONNX Runtime cannot load the exported graph ({type(exc).__name__}); nothing written") from None
     for h, w in ((sides[0], sides[1]), (sides[1], sides[0])):
         x = rng.random((1, cin, h, w), dtype=np.float32)
         with torch.inference_mode():
@@ -98,12 +99,12 @@ def export_model(spec: str, out: Path, *, scale: int | None = None, host=None, c
         try:
             got = session.run(None, {"x": x})[0]
         except Exception as exc:  # noqa: BLE001 - e.g. a size baked into the graph: one line, nothing written
-            raise CliError(f"the exported graph fails on a {h}x{w} input ({type(exc).__name__}); "
+            raise KmsrError(f"the exported graph fails on a {h}x{w} input ({type(exc).__name__}); "
                            "its size is not free; nothing written") from None
         if got.shape != want.shape:
-            raise CliError(f"the exported graph gives shape {got.shape} on a {h}x{w} input, PyTorch {want.shape}; nothing written")
+            raise KmsrError(f"the exported graph gives shape {got.shape} on a {h}x{w} input, PyTorch {want.shape}; nothing written")
         worst = max(worst, float(np.abs(got - want).max()))
     if not worst <= ATOL:
-        raise CliError(f"the exported graph differs from PyTorch by {worst:.3g} (more than {ATOL:g}); nothing written")
+        raise KmsrError(f"the exported graph differs from PyTorch by {worst:.3g} (more than {ATOL:g}); nothing written")
     replace_atomically(out, lambda tmp: Path(tmp).write_bytes(data), fsync=True)
     return {"path": str(out), "bytes": len(data), "max_abs_diff": worst, "metadata": props}

@@ -35,11 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kmsr_ops.errors import KmsrInputError
+from kmsr_ops.errors import KmsrError, KmsrInputError
 
 from . import __version__
 from .atomic import replace_atomically
-from .errors import CliError
 from .kernelset import KernelSet, Provenance, write_kernel_set
 from .plugin_host import PluginHost
 
@@ -110,12 +109,12 @@ def kernels_fingerprint(kernels: np.ndarray) -> str:
 def load_training_kernels(paths: Sequence[str | os.PathLike], *, kernel_size: int) -> TrainingData:
     """Read and check the training sets: same scale, the architecture's kernel size, valid kernels."""
     if not paths:
-        raise CliError("give at least one kernel set to train on")
+        raise KmsrError("give at least one kernel set to train on")
     stacks, scale, first = [], None, None
     for p in paths:
         with KernelSet(p) as ks:
             if ks.kernel_size != kernel_size:
-                raise CliError(
+                raise KmsrError(
                     f"{p}: holds {ks.kernel_size}x{ks.kernel_size} kernels; the generator makes {kernel_size}x{kernel_size} "
                     f"kernels (fixed by its architecture)",
                     hint=f"bring them to {kernel_size}x{kernel_size} with `kmsr pool merge SET_{kernel_size}.h5 {p} --resample -o OUT.h5`",
@@ -123,7 +122,7 @@ def load_training_kernels(paths: Sequence[str | os.PathLike], *, kernel_size: in
             if scale is None:
                 scale, first = ks.scale, p
             elif ks.scale != scale:
-                raise CliError(f"{p}: scale x{ks.scale} differs from {first} (x{scale}); train one GAN per scale")
+                raise KmsrError(f"{p}: scale x{ks.scale} differs from {first} (x{scale}); train one GAN per scale")
             stacks.append(ks.kernels())
     kernels = np.concatenate(stacks).astype(np.float32)
     return TrainingData(kernels, int(scale), kernels_fingerprint(kernels), [str(p) for p in paths])
@@ -315,11 +314,11 @@ def _load_state_file(path: Path) -> dict:
     from .checkpoint import load_training_state
 
     if not path.is_file():
-        raise CliError(f"{path}: training state not found; --resume needs the .state.pt written beside the checkpoint",
+        raise KmsrError(f"{path}: training state not found; --resume needs the .state.pt written beside the checkpoint",
                        hint="start a new run without --resume")
     state = load_training_state(path, hint="start a new run without --resume")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CliError(f"{path}: not a kmsr GAN training state (format {state.get('format') if isinstance(state, dict) else None!r})")
+        raise KmsrError(f"{path}: not a kmsr GAN training state (format {state.get('format') if isinstance(state, dict) else None!r})")
     return state
 
 
@@ -335,7 +334,7 @@ def _merge_resume_settings(saved: TrainSettings, asked: dict, source: Path) -> T
         ):
             conflicts.append(f"--{key.replace('_', '-')} {value} (the run used {have})")
     if conflicts:
-        raise CliError(f"{source}: --resume continues the saved run, but " + "; ".join(conflicts),
+        raise KmsrError(f"{source}: --resume continues the saved run, but " + "; ".join(conflicts),
                        hint="drop those options, or start a new run without --resume")
     return saved
 
@@ -415,12 +414,12 @@ def _trainable_backend(host: PluginHost, settings: dict, iters: int, sample_ever
     if iters < 1:
         raise KmsrInputError(f"iters: expected at least 1, found {iters}")
     if samples_png is not None and sample_every < 1:
-        raise CliError("--samples-png needs --sample-every N (write the grid every N iterations)")
+        raise KmsrError("--samples-png needs --sample-every N (write the grid every N iterations)")
     if sample_every > 0 and samples_png is None:
-        raise CliError("--sample-every needs --samples-png PATH (where to write the kernel grid)")
+        raise KmsrError("--sample-every needs --samples-png PATH (where to write the kernel grid)")
     backend = host.get("generators", settings.get("generator") or "wgan-gp")
     if not backend.info.get("trainable"):
-        raise CliError(f"generator {backend.name!r} (plugin {backend.plugin!r}) is not trainable")
+        raise KmsrError(f"generator {backend.name!r} (plugin {backend.plugin!r}) is not trainable")
     return backend
 
 
@@ -436,14 +435,14 @@ def _open_gan(backend, out: Path, settings: dict, device: str, resume: bool) -> 
             gan = backend.create(device=device, width_mult=train_settings.width_mult, output=train_settings.output)
         return gan, train_settings, None
     if not out.is_file():
-        raise CliError(f"{out}: no checkpoint to resume", hint="start a new run without --resume")
+        raise KmsrError(f"{out}: no checkpoint to resume", hint="start a new run without --resume")
     gan = backend.create(checkpoint=out, device=device)
     meta = gan.metadata
     state = _load_state_file(state_path_for(out))
     saved = TrainSettings.from_json(state["settings"])
     train_settings = _merge_resume_settings(saved, settings, out)
     if str(state["iteration"]) != meta.get("iteration"):
-        raise CliError(
+        raise KmsrError(
             f"{out}: weights are at iteration {meta.get('iteration')} but {state_path_for(out)} is at "
             f"{state['iteration']}; they do not belong together"
         )
@@ -455,7 +454,7 @@ def _training_data(paths, gan, state: dict | None, out: Path, train_settings: Tr
     """The training kernels, checked against a resumed run's fingerprint."""
     data = load_training_kernels(paths, kernel_size=int(gan.kernel_size))
     if state is not None and state["training_set_sha256"] != data.sha256:
-        raise CliError(
+        raise KmsrError(
             f"{out}: was trained on another kernel set (fingerprint {state['training_set_sha256'][:12]}…, "
             f"these files give {data.sha256[:12]}…)",
             hint="resume with the same KERNELS.h5 files in the same order, or start a new run",
@@ -617,7 +616,7 @@ def sample_from_checkpoint(
     try:
         gan = backend.create(checkpoint=Path(checkpoint), device=device)
     except KmsrInputError as exc:
-        raise CliError(str(exc)) from None
+        raise KmsrError(str(exc)) from None
     rng = np.random.default_rng(seed)
     size = int(gan.kernel_size)
     kernels = np.empty((n, size, size), dtype=np.float64)
@@ -632,7 +631,7 @@ def sample_from_checkpoint(
         prov.append(origin="generated", source=str(checkpoint), method=backend.name, params=params, seed=seed, index=i)
     scale = gan.scale
     if scale is None:
-        raise CliError(f"{checkpoint}: the checkpoint does not record the scale of its training kernels")
+        raise KmsrError(f"{checkpoint}: the checkpoint does not record the scale of its training kernels")
     return kernels, prov, scale, params
 
 

@@ -42,10 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from kmsr_ops.colour import rgb2ycbcr, ycbcr2rgb
-from kmsr_ops.errors import KmsrInputError
+from kmsr_ops.errors import KmsrError, KmsrInputError
 from kmsr_ops.resize import imresize
-
-from .errors import CliError
 
 
 class UnusableImageError(KmsrInputError):
@@ -415,7 +413,7 @@ def super_resolve(
     for n, t in enumerate(tiles):
         restored = _tile(model, run, rgb, t, s, overlap)  # (3, th, tw) RGB float in [0, 1]
         if not np.isfinite(restored).all():  # would be written as black pixels
-            raise CliError(f"{model.name}: the network's output holds NaN or infinite values; nothing was written "
+            raise KmsrError(f"{model.name}: the network's output holds NaN or infinite values; nothing was written "
                            "for this image",
                            hint="try without --half" if half else "check the model's weights (a diverged or damaged model?)")
         if grey:

@@ -31,12 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kmsr_ops.errors import KmsrInputError
+from kmsr_ops.errors import KmsrError, KmsrInputError
 from kmsr_ops.kernels import validate_kernels
 
 from . import __version__
 from .atomic import replace_atomically
-from .errors import CliError
 
 FORMAT_NAME = "kmsr-kernel-set"
 FORMAT_VERSION = 1
@@ -187,8 +186,8 @@ class KernelSet:
         state["_pid"] = None
         return state
 
-    def _fail(self, problem: str) -> CliError:
-        return CliError(f"{self.path}: {problem}", hint="kmsr pool show FILE  (checks a kernel set)")
+    def _fail(self, problem: str) -> KmsrError:
+        return KmsrError(f"{self.path}: {problem}", hint="kmsr pool show FILE  (checks a kernel set)")
 
     def _check_scale(self, value) -> int:
         """The root attribute ``scale`` as an int: a positive integer, else a one-line error."""
@@ -205,9 +204,9 @@ class KernelSet:
         import h5py
 
         if not self.path.exists():
-            raise CliError(f"{self.path}: no such file")
+            raise KmsrError(f"{self.path}: no such file")
         if self.path.is_dir():
-            raise CliError(f"{self.path}: is a folder, expected a kernel-set .h5 file")
+            raise KmsrError(f"{self.path}: is a folder, expected a kernel-set .h5 file")
         try:
             f = h5py.File(self.path, "r")
         except OSError as exc:
@@ -323,7 +322,7 @@ def resize_kernels(kernels: np.ndarray, size: int, *, source: str = "kernels") -
         try:
             out[i] = pad_or_crop_kernel(k.astype(np.float64), size)
         except KmsrInputError as exc:
-            raise CliError(f"{source}[{i}]: cannot bring it to {size}x{size}: {exc}") from None
+            raise KmsrError(f"{source}[{i}]: cannot bring it to {size}x{size}: {exc}") from None
     return out
 
 
@@ -337,13 +336,13 @@ def merge_kernel_sets(paths: Iterable[str | os.PathLike], out: str | os.PathLike
     """
     sets = [KernelSet(p) for p in paths]
     if not sets:
-        raise CliError("merge: give at least one kernel set")
+        raise KmsrError("merge: give at least one kernel set")
     first = sets[0]
     for s in sets[1:]:
         if s.scale != first.scale:
-            raise CliError(f"{s.path}: scale x{s.scale} differs from {first.path} (x{first.scale}); kernels of different scales cannot share a pool")
+            raise KmsrError(f"{s.path}: scale x{s.scale} differs from {first.path} (x{first.scale}); kernels of different scales cannot share a pool")
         if s.kernel_size != first.kernel_size and not resample:
-            raise CliError(
+            raise KmsrError(
                 f"{s.path}: kernel size {s.kernel_size} differs from {first.path} ({first.kernel_size})",
                 hint=f"add --resample to centre-crop or zero-pad every set to {first.kernel_size}x{first.kernel_size}",
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import CliError
+from kmsr_ops.errors import KmsrError
 
 # Largest SR scale the commands take: x16 already makes a 64x64 photo 1024x1024.
 MAX_SCALE = 16
@@ -42,5 +42,5 @@ def check_memory(nbytes: float, what: str, *, hint: str | None = None) -> None:
     have = machine_memory()
     if have is None or nbytes <= have:
         return
-    raise CliError(f"{what} would need about {human_bytes(nbytes)} of memory; this machine has {human_bytes(have)}",
+    raise KmsrError(f"{what} would need about {human_bytes(nbytes)} of memory; this machine has {human_bytes(have)}",
                    hint=hint)

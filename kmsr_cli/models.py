@@ -25,7 +25,8 @@ import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CliError
+from kmsr_ops.errors import KmsrError
+
 from .infer import SRModel
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "models"
@@ -73,7 +74,7 @@ def backbone_convention(backend, module=None, *, scale: int | None = None) -> Co
     must agree with them. ``receptive_field`` and ``size_multiple`` are the module's when it
     carries them as integers (the built-ins do, exact for their options), else the registration's.
     ``scale`` is the one asked for, else the module's; it must be among the declared ``scales``.
-    Every failure is a :class:`CliError` that names the backbone and its plugin.
+    Every failure is a :class:`KmsrError` that names the backbone and its plugin.
     """
     info = backend.info
     who = f"backbone {backend.name!r} (plugin {backend.plugin!r})"
@@ -82,11 +83,11 @@ def backbone_convention(backend, module=None, *, scale: int | None = None) -> Co
         declared = info.get(key)
         if declared not in allowed:
             found = "does not declare it" if declared is None else f"declares {declared!r}"
-            raise CliError(f"{who}: its registration must say {key}= one of {', '.join(map(repr, allowed))}, "
+            raise KmsrError(f"{who}: its registration must say {key}= one of {', '.join(map(repr, allowed))}, "
                            f"but {found}; the plugin needs fixing")
         attr = getattr(module, _MODULE_ATTR[key], None) if module is not None else None
         if isinstance(attr, str) and attr != declared:
-            raise CliError(f"{who}: the module it built says {_MODULE_ATTR[key]}={attr!r}, but the backbone is "
+            raise KmsrError(f"{who}: the module it built says {_MODULE_ATTR[key]}={attr!r}, but the backbone is "
                            f"registered with {key}={declared!r}; the plugin needs fixing")
         kinds[key] = declared
 
@@ -97,9 +98,9 @@ def backbone_convention(backend, module=None, *, scale: int | None = None) -> Co
             if v is None:
                 v = default
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise CliError(f"{who}: registered {key}={v!r}, expected an integer")
+                raise KmsrError(f"{who}: registered {key}={v!r}, expected an integer")
         if v < minimum:
-            raise CliError(f"{who}: {key} is {v}, expected at least {minimum}")
+            raise KmsrError(f"{who}: {key} is {v}, expected at least {minimum}")
         return int(v)
 
     rf = number("receptive_field", 0, 0)
@@ -107,7 +108,7 @@ def backbone_convention(backend, module=None, *, scale: int | None = None) -> Co
     s = scale if scale is not None else (_int_attr(module, "scale") if module is not None else None)
     scales = info.get("scales")
     if s is not None and scales and s not in scales:
-        raise CliError(f"{who} supports scales {', '.join(map(str, scales))}, not x{s}")
+        raise KmsrError(f"{who} supports scales {', '.join(map(str, scales))}, not x{s}")
     glob = bool(info.get("global_context", False) or getattr(module, "global_context", False) is True)
     return Convention(kinds["input"], kinds["channels"], None if s is None else int(s), rf, multiple, glob)
 
@@ -115,10 +116,10 @@ def backbone_convention(backend, module=None, *, scale: int | None = None) -> Co
 def _from_module(module, name: str, scale: int | None, backend, meta: dict | None = None) -> SRModel:
     ms = _int_attr(module, "scale")
     if scale is not None and ms is not None and ms != scale:
-        raise CliError(f"model {name!r} is for x{ms}, not x{scale}")
+        raise KmsrError(f"model {name!r} is for x{ms}, not x{scale}")
     conv = backbone_convention(backend, module, scale=scale if scale is not None else ms)
     if conv.scale is None:
-        raise CliError(f"model {name!r} does not say its scale; pass --scale")
+        raise KmsrError(f"model {name!r} does not say its scale; pass --scale")
     return SRModel(module, scale=conv.scale, input=conv.input, channels=conv.channels,
                    receptive_field=conv.receptive_field, size_multiple=conv.size_multiple,
                    global_context=conv.global_context, name=name, meta=meta or {})
@@ -132,7 +133,7 @@ def resolve_model(spec: str, *, scale: int | None, host=None) -> SRModel:
     host = host or get_host()
     if spec == "bicubic":
         if scale is None:
-            raise CliError("bicubic upscaling needs --scale")
+            raise KmsrError("bicubic upscaling needs --scale")
         return SRModel(_Identity(), scale=scale, name="bicubic")
     if spec.startswith("spandrel:"):  # before the .safetensors test: spandrel:x.safetensors is not a kmsr checkpoint
         from .spandrel_models import load_spandrel
@@ -141,7 +142,7 @@ def resolve_model(spec: str, *, scale: int | None, host=None) -> SRModel:
     path = Path(spec)
     if spec.endswith(".safetensors") or path.is_file():
         if not path.exists():
-            raise CliError(f"{path}: no such model file")
+            raise KmsrError(f"{path}: no such model file")
         module, meta = load_model(path, scale=scale if scale else None, host=host)
         return _from_module(module, str(path), scale or meta.scale, host.get("backbones", meta.backbone),
                             meta={"backbone": meta.backbone, **meta.extra})
@@ -150,24 +151,24 @@ def resolve_model(spec: str, *, scale: int | None, host=None) -> SRModel:
         backend = host.get("backbones", name)
         if backend.info.get("published_weights") is None:
             with_loader = [n for n in host.names("backbones") if host.get("backbones", n).info.get("published_weights")]
-            raise CliError(f"backbone {name!r} has no loader for published weights, so {spec!r} cannot be loaded; "
+            raise KmsrError(f"backbone {name!r} has no loader for published weights, so {spec!r} cannot be loaded; "
                            f"backbones with one: {', '.join(with_loader) or 'none'}",
                            hint="give a kmsr checkpoint instead: --model RUN_DIR/model.safetensors")
         if not Path(weights).exists():
-            raise CliError(f"{weights}: no such weights file (for backbone {name!r})")
+            raise KmsrError(f"{weights}: no such weights file (for backbone {name!r})")
         if scale is not None:
             backbone_convention(backend, scale=scale)  # an unsupported scale, before loading anything
         module = backend.create(scale=scale, weights=weights)
         return _from_module(module, name, scale, backend)
     if spec in host.names("backbones"):
         if scale is None:
-            raise CliError(f"the shipped {spec!r} model needs --scale")
+            raise KmsrError(f"the shipped {spec!r} model needs --scale")
         shipped = shipped_model_path(spec, scale)
         if not shipped.exists():
-            raise CliError(f"kmsr ships no {spec!r} model for x{scale} (looked for {shipped})",
+            raise KmsrError(f"kmsr ships no {spec!r} model for x{scale} (looked for {shipped})",
                            hint="train one with `kmsr train` and pass it with --model RUN_DIR/model.safetensors")
         module, meta = load_model(shipped, scale=scale, host=host)
         return _from_module(module, spec, scale, host.get("backbones", meta.backbone),
                             meta={"backbone": meta.backbone, **meta.extra})
     known = ", ".join(["bicubic", *host.names("backbones")])
-    raise CliError(f"unknown model {spec!r}: expected a .safetensors file, NAME:WEIGHTS, spandrel:PATH, or one of {known}")
+    raise KmsrError(f"unknown model {spec!r}: expected a .safetensors file, NAME:WEIGHTS, spandrel:PATH, or one of {known}")

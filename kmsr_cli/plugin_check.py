@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from kmsr_ops.errors import KmsrError
+
 from . import hookspecs
-from .errors import CliError
 
 ERROR, WARNING, OK, SKIPPED = "error", "warning", "ok", "skipped"
 KINDS = tuple(hookspecs.HOOK_KINDS)
@@ -103,7 +104,7 @@ class BackendReport:
         return self
 
 
-class PluginContractError(CliError):
+class PluginContractError(KmsrError):
     """A backend breaks its contract; the message lists every error found."""
 
     def __init__(self, reports: list[BackendReport]):
@@ -176,10 +177,10 @@ def _short(value) -> str:
 
 
 def normalise_kind(kind: str) -> str:
-    """``backbone`` or ``backbones`` -> ``backbones``; anything else is a :class:`CliError`."""
+    """``backbone`` or ``backbones`` -> ``backbones``; anything else is a :class:`KmsrError`."""
     k = kind if kind in KINDS else f"{kind}s"
     if k not in KINDS:
-        raise CliError(f"unknown backend kind {kind!r}; expected one of {', '.join(KINDS)}")
+        raise KmsrError(f"unknown backend kind {kind!r}; expected one of {', '.join(KINDS)}")
     return k
 
 
@@ -227,7 +228,7 @@ def targets(host, name: str, kind: str | None = None) -> list[tuple[str, str]]:
         found = [(k, n) for k in kinds for n in host.names(k) if host.registries[k][n].plugin == name]
     if not found:
         known = sorted({n for k in kinds for n in host.names(k)} | {p.name for p in host.plugins})
-        raise CliError(f"no backend or plugin called {name!r}; installed: {', '.join(known) or 'none'}",
+        raise KmsrError(f"no backend or plugin called {name!r}; installed: {', '.join(known) or 'none'}",
                        hint="kmsr plugins  (lists every installed backend)")
     return found
 
@@ -567,7 +568,7 @@ def _check_backbone(c: _Checker) -> None:
     todo = list(c.scales or declared)
     unknown = [s for s in todo if s not in declared]
     if unknown:
-        raise CliError(f"backbone {c.backend.name!r} declares scales {declared}; cannot check x{unknown[0]}")
+        raise KmsrError(f"backbone {c.backend.name!r} declares scales {declared}; cannot check x{unknown[0]}")
     for i, s in enumerate(todo):
         module = c.build(f"x{s}.factory", scale=s)
         conv = _check_module(c, module, s)
@@ -588,7 +589,7 @@ def _check_module(c: _Checker, module, s: int):
     _check_protocol(c, module, hookspecs.Backbone, f"x{s}.protocol")
     try:
         conv = backbone_convention(c.backend, module, scale=s)
-    except CliError as exc:
+    except KmsrError as exc:
         c.error(f"x{s}.convention", str(exc), stop=True)
     attr = getattr(module, "scale", None)
     if _is_int(attr, 1) and attr != s:
@@ -755,7 +756,7 @@ def _hr_batch(dg, s: int):
 
     m = getattr(dg, "hr_multiple", s)
     if not _is_int(m, 1):
-        raise CliError(f"hr_multiple is {m!r}, expected an integer >= 1")
+        raise KmsrError(f"hr_multiple is {m!r}, expected an integer >= 1")
     step = math.lcm(int(m), s)
     h, w = step * -(-24 // step), step * -(-30 // step)
     return torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0))

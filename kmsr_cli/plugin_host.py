@@ -23,8 +23,9 @@ from typing import Any
 
 import pluggy
 
+from kmsr_ops.errors import KmsrError
+
 from . import hookspecs
-from .errors import CliError
 
 ALLOW_ENV = "KMSR_PLUGINS"
 DENY_ENV = "KMSR_DISABLE_PLUGINS"
@@ -59,7 +60,7 @@ class Backend:
     def create(self, **options):
         ok, reason = self.availability()
         if not ok:
-            raise CliError(f"{self.kind[:-1]} {self.name!r} cannot run here: {reason}")
+            raise KmsrError(f"{self.kind[:-1]} {self.name!r} cannot run here: {reason}")
         return self.factory(**options)
 
     def describe(self) -> dict:
@@ -134,7 +135,7 @@ class PluginHost:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise CliError(f"a plugin implements an unknown hook: {exc}") from exc
+            raise KmsrError(f"a plugin implements an unknown hook: {exc}") from exc
 
     def collect(self) -> None:
         """Call every registration hook, once per plugin, recording who registered what."""
@@ -173,7 +174,7 @@ class PluginHost:
         registry = self.registries[kind]
         if name not in registry:
             known = ", ".join(sorted(registry)) or "none installed"
-            raise CliError(
+            raise KmsrError(
                 f"unknown {kind[:-1]} {name!r}; installed {kind}: {known}",
                 hint="kmsr plugins  (lists every installed backend and whether it can run here)",
             )

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kmsr_ops.errors import KmsrInputError
+from kmsr_ops.errors import KmsrError, KmsrInputError
 from kmsr_ops.kernels import kernel_moments
 
-from .errors import CliError
 from .kernelset import KernelSet, Provenance, write_kernel_set
 from .plugin_host import PluginHost
 
@@ -157,7 +156,7 @@ def describe_pool(path: str | os.PathLike, *, against: str | os.PathLike | None 
         with KernelSet(against) as other_set:
             other = other_set.kernels()
         if other.shape[-1] != kernels.shape[-1]:
-            raise CliError(
+            raise KmsrError(
                 f"{against}: holds {other.shape[-1]}x{other.shape[-1]} kernels, {path} holds "
                 f"{kernels.shape[-1]}x{kernels.shape[-1]}; the MMD compares kernels of one size",
                 hint="bring one to the other's size with `kmsr pool merge REF.h5 SET.h5 --resample -o OUT.h5`",
@@ -209,14 +208,14 @@ def build_pool(
     """
     warn = warn or (lambda msg: None)
     if (generated is None) == (generator_checkpoint is None):
-        raise CliError("give the generated kernels either as a set (--generated G.h5) or as a checkpoint (--generator GAN.safetensors), one of the two")
+        raise KmsrError("give the generated kernels either as a set (--generated G.h5) or as a checkpoint (--generator GAN.safetensors), one of the two")
     for name, value in (("n_estimated", n_estimated), ("n_generated", n_generated)):
         if value < 1:
             raise KmsrInputError(f"{name}: expected at least 1 kernel, found {value}")
     out = Path(out)
     inputs = [Path(p) for p in (estimated, generated, generator_checkpoint) if p is not None]
     if any(out.resolve() == p.resolve() for p in inputs):
-        raise CliError(f"{out}: the output is also an input; write the pool to a new file")
+        raise KmsrError(f"{out}: the output is also an input; write the pool to a new file")
     rng = np.random.default_rng(seed)
     with KernelSet(estimated) as est:
         est_kernels = est.kernels()
@@ -230,9 +229,9 @@ def build_pool(
     if generated is not None:
         with KernelSet(generated) as gen:
             if gen.scale != scale:
-                raise CliError(f"{generated}: scale x{gen.scale} differs from {estimated} (x{scale}); a pool holds kernels of one scale")
+                raise KmsrError(f"{generated}: scale x{gen.scale} differs from {estimated} (x{scale}); a pool holds kernels of one scale")
             if gen.kernel_size != size:
-                raise CliError(f"{generated}: kernel size {gen.kernel_size} differs from {estimated} ({size})")
+                raise KmsrError(f"{generated}: kernel size {gen.kernel_size} differs from {estimated} ({size})")
             gen_kernels = gen.kernels()
             gen_prov = gen.provenance()
         if len(gen_kernels) < n_generated:
@@ -248,9 +247,9 @@ def build_pool(
         gk, gprov, gscale, _ = sample_from_checkpoint(host or get_host(), generator_checkpoint, n_generated, seed=seed,
                                                       device=device, on_progress=on_progress)
         if gscale != scale:
-            raise CliError(f"{generator_checkpoint}: trained on x{gscale} kernels, {estimated} is x{scale}; a pool holds kernels of one scale")
+            raise KmsrError(f"{generator_checkpoint}: trained on x{gscale} kernels, {estimated} is x{scale}; a pool holds kernels of one scale")
         if gk.shape[-1] != size:
-            raise CliError(f"{generator_checkpoint}: makes {gk.shape[-1]}x{gk.shape[-1]} kernels, {estimated} holds {size}x{size}")
+            raise KmsrError(f"{generator_checkpoint}: makes {gk.shape[-1]}x{gk.shape[-1]} kernels, {estimated} holds {size}x{size}")
         kernels.append(gk)
         prov.extend(gprov)
         source = str(generator_checkpoint)

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kmsr_ops.errors import KmsrError
+
 from .atomic import replace_atomically
-from .errors import CliError
 
 FIGSIZE = (12.0, 5.0)
 DPI = 100
@@ -39,7 +40,7 @@ def _matplotlib():
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise CliError(f"--plot needs matplotlib ({exc})", hint="pip install matplotlib (a dependency of kmsr)") from None
+        raise KmsrError(f"--plot needs matplotlib ({exc})", hint="pip install matplotlib (a dependency of kmsr)") from None
     return Figure, FigureCanvasAgg
 
 

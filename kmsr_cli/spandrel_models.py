@@ -22,7 +22,7 @@ Weights are read by kmsr, never unpickled as code: ``.pth``/``.pt``/``.ckpt`` wi
 ``torch.load(weights_only=True)`` (a TorchScript ``.pt`` is refused, not run), ``.safetensors``
 with safetensors; only then is the state dict handed to spandrel. A file spandrel does not
 recognise, one ``weights_only`` refuses, a damaged one, or a masked (inpainting) model is a
-:class:`CliError` naming the file and the reason.
+:class:`KmsrError` naming the file and the reason.
 
 A spandrel model is run eagerly (PyTorch, channels-last on the CPU fast path): several
 architectures take Python branches on the input size (SwinIR's attention masks), which a traced
@@ -36,7 +36,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import CliError
+from kmsr_ops.errors import KmsrError
+
 from .infer import SRModel
 from .models import Convention
 
@@ -55,12 +56,12 @@ def _import_spandrel():
         import spandrel
     except ImportError as exc:
         missing = exc.name or "spandrel"
-        raise CliError(f"--model spandrel:... needs {missing}, which is not installed", hint=INSTALL_HINT) from None
+        raise KmsrError(f"--model spandrel:... needs {missing}, which is not installed", hint=INSTALL_HINT) from None
     except RuntimeError as exc:
         # A torchvision built for another torch fails while registering its operators
         # ("operator torchvision::nms does not exist"): a RuntimeError, not an ImportError.
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CliError(f"spandrel cannot be imported here ({first}); its torchvision does not match this torch",
+        raise KmsrError(f"spandrel cannot be imported here ({first}); its torchvision does not match this torch",
                        hint="install the torchvision release made for your torch, then " + INSTALL_HINT) from None
     return spandrel
 
@@ -74,7 +75,7 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
 
 
 def read_state_dict(path: Path) -> dict:
-    """The tensors of ``path`` without running any code stored in it; :class:`CliError` if refused."""
+    """The tensors of ``path`` without running any code stored in it; :class:`KmsrError` if refused."""
     import pickle
     import re
 
@@ -82,7 +83,7 @@ def read_state_dict(path: Path) -> dict:
 
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise CliError(f"{path}: not a model file spandrel can load here (expected {', '.join(SUFFIXES)})")
+        raise KmsrError(f"{path}: not a model file spandrel can load here (expected {', '.join(SUFFIXES)})")
     if suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -90,27 +91,27 @@ def read_state_dict(path: Path) -> dict:
         try:
             return load_file(str(path), device="cpu")
         except SafetensorError as exc:
-            raise CliError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+            raise KmsrError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
     if _is_torchscript(path):
-        raise CliError(f"{path}: a TorchScript archive (code, not weights); kmsr does not run it",
+        raise KmsrError(f"{path}: a TorchScript archive (code, not weights); kmsr does not run it",
                        hint="save the network's state_dict() with torch.save, or as .safetensors")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Weights only load failed" not in text:
-            raise CliError(f"{path}: not a readable PyTorch weights file ({_first_line(exc)})") from None
+            raise KmsrError(f"{path}: not a readable PyTorch weights file ({_first_line(exc)})") from None
         # weights_only's refusal: the file pickles objects other than tensors and plain containers.
         found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         what = f"it pickles {found.group(1)}" if found else _first_line(exc)
-        raise CliError(f"{path}: refused: torch.load(weights_only=True) will not unpickle it ({what}, not only "
+        raise KmsrError(f"{path}: refused: torch.load(weights_only=True) will not unpickle it ({what}, not only "
                        "tensors); a whole pickled model rather than its weights?",
                        hint="save the network's state_dict() with torch.save, or as .safetensors") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
         # A damaged zip ("PytorchStreamReader failed"), a truncated pickle, or bytes that are no pickle at all.
-        raise CliError(f"{path}: not a readable PyTorch weights file ({_first_line(exc)})") from None
+        raise KmsrError(f"{path}: not a readable PyTorch weights file ({_first_line(exc)})") from None
     if not isinstance(obj, dict):
-        raise CliError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
+        raise KmsrError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
     return obj
 
 
@@ -130,10 +131,10 @@ def _tensors_only(sd: dict, path: Path, spandrel) -> dict:
     sd = spandrel.canonicalize_state_dict(sd)
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CliError(f"{path}: entry {bad[0]!r} is a {type(sd[bad[0]]).__name__}, not a tensor; "
+        raise KmsrError(f"{path}: entry {bad[0]!r} is a {type(sd[bad[0]]).__name__}, not a tensor; "
                        "expected a state dict (or one wrapped under state_dict/params_ema/...)")
     if not sd:
-        raise CliError(f"{path}: holds no tensors")
+        raise KmsrError(f"{path}: holds no tensors")
     return sd
 
 
@@ -167,14 +168,14 @@ def _net_class():
 
         def forward(self, x):
             if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-                raise CliError(f"{self.name}: spandrel models run in PyTorch only; a traced graph would freeze "
+                raise KmsrError(f"{self.name}: spandrel models run in PyTorch only; a traced graph would freeze "
                                "the size-dependent steps some architectures take")
             if x.dtype == torch.float16 and not self.desc.supports_half:
-                raise CliError(f"{self.name}: spandrel says this {self.desc.architecture.name} model does not run in "
+                raise KmsrError(f"{self.name}: spandrel says this {self.desc.architecture.name} model does not run in "
                                "float16", hint="drop --half")
             n, c, h, w = x.shape
             if c != 3:
-                raise CliError(f"{self.name}: expected an RGB input, found {c} channels")
+                raise KmsrError(f"{self.name}: expected an RGB input, found {c} channels")
             if self.in_channels == 1:
                 y = self.desc(x.reshape(n * 3, 1, h, w))
                 return y.reshape(n, 3, y.shape[-2], y.shape[-1])
@@ -189,30 +190,30 @@ def load_spandrel(spec: str, *, scale: int | None) -> SRModel:
     """The model of ``spandrel:PATH``, fed by what spandrel reports; ``scale``, if given, must be its."""
     path = Path(spec[len(PREFIX):]) if is_spandrel_spec(spec) else Path(spec)
     if not str(path) or str(path) == ".":
-        raise CliError(f"{spec!r}: expected spandrel:PATH to a model file ({', '.join(SUFFIXES)})")
+        raise KmsrError(f"{spec!r}: expected spandrel:PATH to a model file ({', '.join(SUFFIXES)})")
     if not path.is_file():
-        raise CliError(f"{path}: no such model file" + ("" if not path.exists() else " (a folder?)"))
+        raise KmsrError(f"{path}: no such model file" + ("" if not path.exists() else " (a folder?)"))
     spandrel = _import_spandrel()
     sd = _tensors_only(read_state_dict(path), path, spandrel)
     try:
         desc = spandrel.ModelLoader(device="cpu").load_from_state_dict(sd)
     except spandrel.UnsupportedModelError:
         keys = ", ".join(list(sd)[:3])
-        raise CliError(f"{path}: spandrel {spandrel.__version__} does not recognise this architecture "
+        raise KmsrError(f"{path}: spandrel {spandrel.__version__} does not recognise this architecture "
                        f"({len(sd)} tensors, first keys: {keys})",
                        hint="check the file is an SR model spandrel lists, or give a kmsr checkpoint") from None
     except Exception as exc:  # noqa: BLE001 - an architecture's detection/loading failed on these tensors: one line
-        raise CliError(f"{path}: spandrel could not build a model from its tensors ({_first_line(exc)})") from None
+        raise KmsrError(f"{path}: spandrel could not build a model from its tensors ({_first_line(exc)})") from None
     arch = desc.architecture.name
     if not isinstance(desc, spandrel.ImageModelDescriptor):
-        raise CliError(f"{path}: a {arch} {desc.purpose} model (it needs a mask as well as the image); "
+        raise KmsrError(f"{path}: a {arch} {desc.purpose} model (it needs a mask as well as the image); "
                        "kmsr runs image-to-image models only")
     if desc.input_channels not in (1, 3, 4) or desc.output_channels != desc.input_channels:
-        raise CliError(f"{path}: a {arch} model with {desc.input_channels} input and {desc.output_channels} output "
+        raise KmsrError(f"{path}: a {arch} model with {desc.input_channels} input and {desc.output_channels} output "
                        "channels; kmsr feeds models of 1 (grey), 3 (RGB) or 4 (RGBA) channels in and out")
     conv = spandrel_convention(desc)
     if scale is not None and conv.scale != scale:
-        raise CliError(f"model {str(path)!r} is a x{conv.scale} {arch} model (spandrel says), not x{scale}")
+        raise KmsrError(f"model {str(path)!r} is a x{conv.scale} {arch} model (spandrel says), not x{scale}")
     module = _net_class()(desc, str(path)).eval()
     req = desc.size_requirements
     meta = {"spandrel": {"architecture": desc.architecture.id, "purpose": desc.purpose, "tags": list(desc.tags),

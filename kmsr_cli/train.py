@@ -33,11 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kmsr_ops.errors import KmsrInputError
+from kmsr_ops.errors import KmsrError, KmsrInputError
 from kmsr_ops.files import file_sha256
 
 from .atomic import replace_atomically
-from .errors import CliError
 from .models import backbone_convention
 
 # What every state.pt holds (the generator states are per rank: g_data_0, g_deg_0, ...).
@@ -142,12 +141,12 @@ def load_hr_images(specs: list[str], *, default: tuple[str, ...]) -> tuple[list[
 
             found = images_in(p, recursive=True)
             if not found:
-                raise CliError(f"{p}: the folder holds no images")
+                raise KmsrError(f"{p}: the folder holds no images")
             paths.extend(found)
         elif p.is_file():
             paths.append(p)
         else:
-            raise CliError(f"{p}: no such file or folder")
+            raise KmsrError(f"{p}: no such file or folder")
     return [_load_rgb_uint8(p) for p in paths], [str(p) for p in paths]
 
 
@@ -160,7 +159,7 @@ class PatchSampler:
         usable = [torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))) for im in images
                   if im.shape[0] >= patch and im.shape[1] >= patch]
         if not usable:
-            raise CliError(f"no training image is at least {patch}x{patch} pixels; use a smaller --patch")
+            raise KmsrError(f"no training image is at least {patch}x{patch} pixels; use a smaller --patch")
         self.images = usable
         self.patch = patch
         self.g = generator
@@ -226,7 +225,7 @@ def _refuse_comparison_only(bb, what: str) -> None:
     """A backbone whose published weights are for comparison only (``init_allowed=False``) never starts a run."""
     if bb.info.get("init_allowed", True) is False:
         why = bb.info.get("weights_licence") or "comparison only"
-        raise CliError(f"{what}: kmsr does not train from the published {bb.name!r} weights: {why}",
+        raise KmsrError(f"{what}: kmsr does not train from the published {bb.name!r} weights: {why}",
                        hint=f"train {bb.name!r} from scratch (no --init), or start from weights whose licence allows it")
 
 
@@ -235,7 +234,7 @@ def initialise_from(model, spec: str, *, backbone: str, scale: int, host) -> dic
     ``NAME:WEIGHTS`` (a backbone's published weights, e.g. ``carn_m:carn_m_state_dict.npz``).
 
     The weights must be for the same backbone and fit ``model`` tensor for tensor; otherwise a
-    :class:`CliError` names the first tensor that is missing, unexpected or of another shape.
+    :class:`KmsrError` names the first tensor that is missing, unexpected or of another shape.
     Published weights of a backbone registered with ``init_allowed=False`` (IMDN's: no licence,
     comparison only) are refused. Returns ``{"spec", "backbone", "tensors"}``.
     """
@@ -251,46 +250,46 @@ def initialise_from(model, spec: str, *, backbone: str, scale: int, host) -> dic
 
         meta = read_model_meta(path)  # names the file when it is missing, damaged or not kmsr's
         if meta.backbone != backbone:
-            raise CliError(f"--init {spec}: the checkpoint is a {meta.backbone!r} model, but --backbone is {backbone!r}",
+            raise KmsrError(f"--init {spec}: the checkpoint is a {meta.backbone!r} model, but --backbone is {backbone!r}",
                            hint=f"use --backbone {meta.backbone}, or weights for {backbone!r}")
         if meta.scale is not None and meta.scale != scale:
-            raise CliError(f"--init {spec}: the checkpoint is for x{meta.scale}, but --scale is {scale}")
+            raise KmsrError(f"--init {spec}: the checkpoint is for x{meta.scale}, but --scale is {scale}")
         try:
             state = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CliError(f"--init {spec}: the weights cannot be read ({exc})") from None
+            raise KmsrError(f"--init {spec}: the weights cannot be read ({exc})") from None
         _check_finite(state, path)
         source, saved_options = meta.backbone, meta.options
     elif ":" in spec:
         name, weights = spec.split(":", 1)
         if name != backbone:
-            raise CliError(f"--init {spec}: weights for backbone {name!r}, but --backbone is {backbone!r}",
+            raise KmsrError(f"--init {spec}: weights for backbone {name!r}, but --backbone is {backbone!r}",
                            hint=f"use --backbone {name}")
         bb = host.get("backbones", name)
         _refuse_comparison_only(bb, f"--init {spec}")
         if not Path(weights).is_file():
-            raise CliError(f"--init {spec}: {weights}: no such weights file")
+            raise KmsrError(f"--init {spec}: {weights}: no such weights file")
         if bb.info.get("published_weights") is None:
-            raise CliError(f"--init {spec}: backbone {name!r} has no published-weights loader; "
+            raise KmsrError(f"--init {spec}: backbone {name!r} has no published-weights loader; "
                            "give a kmsr checkpoint (.safetensors) instead")
         src = bb.create(scale=scale, weights=weights)  # the loader validates the file and names it
         state = src.state_dict()
         _check_finite(state, Path(weights))
         source, saved_options = name, None
     else:
-        raise CliError(f"--init {spec}: expected a kmsr checkpoint (.safetensors) or NAME:WEIGHTS "
+        raise KmsrError(f"--init {spec}: expected a kmsr checkpoint (.safetensors) or NAME:WEIGHTS "
                        "(e.g. carn_m:carn_m_state_dict.npz)")
     expected = model.state_dict()
     for k, v in expected.items():
         if k not in state:
-            raise CliError(f"--init {spec}: the weights lack tensor {k!r} {tuple(v.shape)} of this {backbone} model; "
+            raise KmsrError(f"--init {spec}: the weights lack tensor {k!r} {tuple(v.shape)} of this {backbone} model; "
                            "they are for another architecture or other options")
         if tuple(state[k].shape) != tuple(v.shape):
-            raise CliError(f"--init {spec}: tensor {k!r} has shape {tuple(state[k].shape)}, this {backbone} model "
+            raise KmsrError(f"--init {spec}: tensor {k!r} has shape {tuple(state[k].shape)}, this {backbone} model "
                            f"needs {tuple(v.shape)}; the weights are for another architecture, options or scale")
     extra = [k for k in state if k not in expected]
     if extra:
-        raise CliError(f"--init {spec}: tensor {extra[0]!r} is not part of this {backbone} model "
+        raise KmsrError(f"--init {spec}: tensor {extra[0]!r} is not part of this {backbone} model "
                        f"({len(extra)} such); the weights are for another architecture or options")
     # Options that change the forward pass without changing any tensor (variant, res_scale) must
     # match too: the shapes alone would accept them.
@@ -299,17 +298,17 @@ def initialise_from(model, spec: str, *, backbone: str, scale: int, host) -> dic
         wrong = sorted(k for k, v in own.items() if k in saved_options and saved_options[k] != v)
         if wrong:
             k = wrong[0]
-            raise CliError(f"--init {spec}: the checkpoint was built with {k}={saved_options[k]!r}, this run has "
+            raise KmsrError(f"--init {spec}: the checkpoint was built with {k}={saved_options[k]!r}, this run has "
                            f"{k}={own[k]!r}", hint=f"add --option {k}={saved_options[k]}")
     with torch.no_grad():
         model.load_state_dict({k: state[k].to(torch.float32) for k in expected}, strict=True)
     return {"spec": spec, "backbone": source, "tensors": len(expected)}
 
 
-def _unknown_option(backend, key: str, flag: str, known) -> CliError:
+def _unknown_option(backend, key: str, flag: str, known) -> KmsrError:
     kind = backend.kind[:-1]
     listing = f"its options: {', '.join(known)}" if known else "it takes no options"
-    return CliError(f"{flag} {key}: the {backend.name!r} {kind} has no option {key!r}; {listing}",
+    return KmsrError(f"{flag} {key}: the {backend.name!r} {kind} has no option {key!r}; {listing}",
                     hint="kmsr plugins --json  (lists the options of every backend)")
 
 
@@ -325,7 +324,7 @@ def check_options(backend, given: dict, flag: str, *, internal: tuple[str, ...] 
     known = [k for k in declared if k not in internal]
     for key in given:
         if key in internal:
-            raise CliError(f"{flag} {key}: kmsr sets {key!r} of the {backend.name!r} {backend.kind[:-1]} itself "
+            raise KmsrError(f"{flag} {key}: kmsr sets {key!r} of the {backend.name!r} {backend.kind[:-1]} itself "
                            f"(from --pool); its other options: {', '.join(known) or 'none'}")
         if key not in known:
             raise _unknown_option(backend, key, flag, known)
@@ -411,7 +410,7 @@ class SRTrainer:
             self.load_state(self._read_state())
             self.log(f"resuming {self.run_dir} at step {self.iteration}")
         elif self.state_path.exists():
-            raise CliError(f"{self.run_dir} already holds a training run",
+            raise KmsrError(f"{self.run_dir} already holds a training run",
                            hint="add --resume to continue it, or choose another -o")
         if self.rank == 0:
             self._write_config()
@@ -449,7 +448,7 @@ class SRTrainer:
                       internal=("kernels",) if dg.info.get("needs_kernels") else ())
         scales = bb.info.get("scales")
         if scales and cfg.scale not in scales:
-            raise CliError(f"backbone {cfg.backbone!r} supports scales {scales}, not x{cfg.scale}")
+            raise KmsrError(f"backbone {cfg.backbone!r} supports scales {scales}, not x{cfg.scale}")
         if cfg.backbone_options.get("weights") is not None:
             _refuse_comparison_only(bb, f"--option weights={cfg.backbone_options['weights']}")
         backbone_convention(bb, scale=cfg.scale)  # the registration is complete, before anything is built
@@ -475,16 +474,16 @@ class SRTrainer:
         self.pool_fp = None
         if dg.info.get("needs_kernels"):
             if not cfg.pool:
-                raise CliError(f"degradation {cfg.degradation!r} draws kernels from a pool: give --pool POOL.h5",
+                raise KmsrError(f"degradation {cfg.degradation!r} draws kernels from a pool: give --pool POOL.h5",
                                hint="kmsr pool synth --family motion -o pool.h5  (a synthetic pool to start with)")
             with KernelSet(cfg.pool) as ks:
                 if ks.scale != cfg.scale:
-                    raise CliError(f"{cfg.pool}: the pool holds x{ks.scale} kernels, but --scale is {cfg.scale}; "
+                    raise KmsrError(f"{cfg.pool}: the pool holds x{ks.scale} kernels, but --scale is {cfg.scale}; "
                                    "kernels are specific to the scale they were estimated at")
                 dopts["kernels"] = ks.kernels()
             self.pool_fp = file_sha256(cfg.pool)
         elif cfg.pool:
-            raise CliError(f"degradation {cfg.degradation!r} does not use a pool; drop --pool or use --degradation pool")
+            raise KmsrError(f"degradation {cfg.degradation!r} does not use a pool; drop --pool or use --degradation pool")
         self.degradation_options = {k: v for k, v in dopts.items() if k != "kernels"}  # for the metadata
         self.degrade = create_with_options(dg, cfg.degradation_options, "--degradation-option",
                                            scale=cfg.scale, input=conv.input, channels=conv.channels, **dopts)
@@ -533,8 +532,8 @@ class SRTrainer:
         return (f"start a new run with another -o (--init {self.run_dir / 'model.safetensors'} keeps the last saved "
                 "weights), or put back a good copy of state.pt")
 
-    def _damaged(self, why: str) -> CliError:
-        return CliError(f"{self.state_path}: the training state is damaged ({why}); it cannot be resumed",
+    def _damaged(self, why: str) -> KmsrError:
+        return KmsrError(f"{self.state_path}: the training state is damaged ({why}); it cannot be resumed",
                         hint=self._resume_hint)
 
     def _read_state(self) -> dict:
@@ -542,7 +541,7 @@ class SRTrainer:
         from .checkpoint import load_training_state, short_reason
 
         if not self.state_path.exists():
-            raise CliError(f"{self.state_path}: nothing to resume (no state.pt in the run folder)",
+            raise KmsrError(f"{self.state_path}: nothing to resume (no state.pt in the run folder)",
                            hint="drop --resume to start a new run")
         state = load_training_state(self.state_path, hint=self._resume_hint)
         if not isinstance(state, dict):
@@ -564,24 +563,24 @@ class SRTrainer:
         cfg, where = self.cfg, self.state_path
         for key in ("backbone", "degradation", "scale", "backbone_options", "patch", "batch"):
             if saved_cfg.get(key) != getattr(cfg, key):
-                raise CliError(f"{where}: the run was started with {key}={saved_cfg.get(key)!r}, "
+                raise KmsrError(f"{where}: the run was started with {key}={saved_cfg.get(key)!r}, "
                                f"not {getattr(cfg, key)!r}; resume with the same settings")
         # The starting weights belong to the run: a resume keeps the original --init in the metadata.
         if cfg.init and cfg.init != saved_cfg.get("init"):
-            raise CliError(f"{where}: the run was started with --init {saved_cfg.get('init')!r}, not {cfg.init!r}; "
+            raise KmsrError(f"{where}: the run was started with --init {saved_cfg.get('init')!r}, not {cfg.init!r}; "
                            "a resume continues from the checkpoint (drop --init)")
         cfg.init = saved_cfg.get("init")
         # The data too: resuming on another pool or other images would silently change the run.
         for key, flag in (("pool", "--pool"), ("data", "--data"), ("degradation_options", "--degradation-option")):
             was, now = _comparable(key, saved_cfg.get(key)), _comparable(key, getattr(cfg, key))
             if was != now:
-                raise CliError(f"{where}: the run was started with {flag} {_shown(saved_cfg.get(key))}, "
+                raise KmsrError(f"{where}: the run was started with {flag} {_shown(saved_cfg.get(key))}, "
                                f"not {_shown(getattr(cfg, key))}; resume with the same {flag}",
                                hint="drop --resume and choose another -o to train on other data")
         # The same pool path holding other kernels (rebuilt, or replaced by another file) is another run.
         was_fp = saved_cfg.get("pool_fingerprint")
         if was_fp is not None and was_fp != self.pool_fp:
-            raise CliError(f"{where}: the pool {cfg.pool} has changed since the run started "
+            raise KmsrError(f"{where}: the pool {cfg.pool} has changed since the run started "
                            f"(SHA-256 {str(was_fp)[:12]}…, now {str(self.pool_fp)[:12]}…); resume with the pool it "
                            "was started on", hint="drop --resume and choose another -o to train on the new pool")
 
@@ -731,7 +730,7 @@ class SRTrainer:
         self.iteration += 1
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise CliError(f"training diverged at step {self.iteration} (loss {value}); lower --lr", hint=None)
+            raise KmsrError(f"training diverged at step {self.iteration} (loss {value}); lower --lr", hint=None)
         return value
 
     def _budget_spent(self) -> bool:

@@ -1,11 +1,20 @@
-"""Exceptions raised by the ops for bad input.
+"""The one error family kmsr raises for failures a user can act on.
 
-They subclass ValueError so callers that do not know kmsr can still catch them; the CLI
-turns them into a one-line message and exit code 1.
+:class:`KmsrError` carries a one-line message and optionally a ``hint`` (the next thing to try);
+the command line prints both and exits with code 1. :class:`KmsrInputError` (bad arguments to an
+op) also subclasses ValueError, so callers that do not know kmsr can still catch it.
 """
 
 
-class KmsrInputError(ValueError):
+class KmsrError(Exception):
+    """A failure the user can act on: what went wrong, and optionally the next thing to try."""
+
+    def __init__(self, *args: object, hint: str | None = None):
+        super().__init__(*args)
+        self.hint = hint
+
+
+class KmsrInputError(KmsrError, ValueError):
     """An argument does not have the shape, type or values an op expects."""
 
 
