@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import KmsrInputError
+from .validate import check_choice, check_int
 
 ASSIGN_MODES = ("sequential", "all")  # kmsr_ops.dark_channel.assign_dark_pixels modes
 
@@ -67,11 +68,8 @@ class DarkChannelParams:
                 raise KmsrInputError(f"{name}: expected an integer >= 1, found {v!r}")
         if not 0 < self.pyramid_ratio < 1:
             raise KmsrInputError(f"pyramid_ratio: expected a number in (0, 1), found {self.pyramid_ratio!r}")
-        if isinstance(self.window, bool) or not isinstance(self.window, (int, np.integer)) or self.window < 1 \
-                or self.window % 2 == 0:
-            raise KmsrInputError(f"window: expected an odd integer >= 1, found {self.window!r}")
-        if self.dark_assign not in ASSIGN_MODES:
-            raise KmsrInputError(f"dark_assign: expected one of {', '.join(ASSIGN_MODES)}, found {self.dark_assign!r}")
+        check_int("window", self.window, odd=True)
+        check_choice("dark_assign", self.dark_assign, ASSIGN_MODES)
         return self
 
     def to_dict(self) -> dict:

@@ -48,6 +48,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import KmsrInputError
+from .validate import check_int
 
 __all__ = ["MIN_BLOCKS", "NoiseEstimate", "estimate_noise", "estimate_noise_many"]
 
@@ -93,14 +94,13 @@ class NoiseEstimate:
 
 
 def _check_params(block, fraction) -> tuple[int, float]:
-    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 4:
-        raise KmsrInputError(f"block: expected an integer >= 4, found {block!r}")
+    block = check_int("block", block, 4)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.integer, np.floating)):
         raise KmsrInputError(f"fraction: expected a number in (0, 1], found {fraction!r}")
     f = float(fraction)
     if not (0.0 < f <= 1.0):  # also rejects NaN
         raise KmsrInputError(f"fraction: expected a number in (0, 1], found {fraction!r}")
-    return int(block), f
+    return block, f
 
 
 def _as_image(image, block: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""What every built-in backbone module says about itself, and checks for constructor options.
+"""What every built-in backbone module says about itself, and the check of the ``scale`` option
+(the other option checks are :mod:`kmsr_ops.validate`).
 
 A backbone is an ``nn.Module`` mapping a float (N, C, H, W) tensor in [0, 1] to its output:
 same size for ``input == "upsampled"`` (the bicubic-upscaled image), ``scale`` times larger for
@@ -9,7 +10,6 @@ checkpoint code can read them from the model it holds.
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
@@ -84,25 +84,6 @@ class SRBackbone(nn.Module):
 
 
 # --------------------------------------------------------------------------- option checks
-
-
-def check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise KmsrInputError(f"{name}: expected an integer >= {minimum}, found {value!r}")
-    return int(value)
-
-
-def check_float(name: str, value, *, positive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or (positive and value <= 0):
-        kind = "a positive finite number" if positive else "a finite number"
-        raise KmsrInputError(f"{name}: expected {kind}, found {value!r}")
-    return float(value)
-
-
-def check_choice(name: str, value, choices) -> str:
-    if value not in choices:
-        raise KmsrInputError(f"{name}: expected one of {', '.join(map(str, choices))}, found {value!r}")
-    return value
 
 
 def check_scale(scale, scales, *, optional: bool = False) -> int | None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SRBackbone, check_float, check_int, check_scale
+from kmsr_ops.validate import check_float, check_int
+
+from .base import SRBackbone, check_scale
 from .kmsr_net import ResidualBlock
 from .receptive_field import edsr_rf
 

@@ -31,7 +31,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SRBackbone, check_int, check_scale
+from kmsr_ops.validate import check_int
+
+from .base import SRBackbone, check_scale
 from .receptive_field import imdn_rf
 
 SCALES = (2, 3, 4)

@@ -20,7 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SRBackbone, check_choice, check_float, check_int, check_scale
+from kmsr_ops.validate import check_choice, check_float, check_int
+
+from .base import SRBackbone, check_scale
 from .receptive_field import kmsr_rf
 
 SCALES = (2, 3, 4)

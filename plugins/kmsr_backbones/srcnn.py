@@ -14,7 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SRBackbone, check_choice, check_scale
+from kmsr_ops.validate import check_choice
+
+from .base import SRBackbone, check_scale
 from .receptive_field import srcnn_rf
 
 SCALES = (2, 3, 4)

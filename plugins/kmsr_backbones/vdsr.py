@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SRBackbone, check_int, check_scale
+from kmsr_ops.validate import check_int
+
+from .base import SRBackbone, check_scale
 from .receptive_field import vdsr_rf
 
 SCALES = (2, 3, 4)

@@ -21,6 +21,7 @@ from kmsr_cli.hookspecs import hookimpl
 from kmsr_ops import dark_channel_params as dcp
 from kmsr_ops.backend import cupy_status, force_cpu
 from kmsr_ops.errors import KmsrInputError
+from kmsr_ops.validate import check_choice, check_int
 
 BACKENDS = ("numba", "reference", "xp")  # kmsr_ops.blind_kernel.BACKENDS, without importing SciPy here
 
@@ -58,17 +59,11 @@ class DarkChannelEstimator:
         elif device != "cpu":
             raise KmsrInputError(f"device: expected auto, cpu, cuda or cuda:N, found {device!r}")
         self.device = device
-        self.backend = backend or ("xp" if device.startswith("cuda") else "numba")
-        if self.backend not in BACKENDS:
-            raise KmsrInputError(f"backend: expected one of {', '.join(BACKENDS)}, found {self.backend!r}")
+        self.backend = check_choice("backend", backend or ("xp" if device.startswith("cuda") else "numba"), BACKENDS)
         if device.startswith("cuda") and self.backend != "xp":
             raise KmsrInputError(f"backend {self.backend!r} is CPU-only; on {device} use backend 'xp'")
-        if isinstance(threads, bool) or int(threads) < 1:
-            raise KmsrInputError(f"threads: expected an integer >= 1, found {threads!r}")
-        if isinstance(batch_size, bool) or int(batch_size) < 1:
-            raise KmsrInputError(f"batch_size: expected an integer >= 1, found {batch_size!r}")
-        self.threads = int(threads)
-        self.batch_size = int(batch_size)
+        self.threads = check_int("threads", threads)
+        self.batch_size = check_int("batch_size", batch_size)
         self.schedule = schedule
         if self.device.startswith("cuda"):
             # The reference write-back visits pixels one after another; a GPU runs it one thread

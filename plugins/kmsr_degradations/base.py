@@ -21,42 +21,16 @@ parameters and ``apply(hr, params)`` applies them deterministically; ``__call__`
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
 from kmsr_ops.colour import rgb2y
 from kmsr_ops.errors import KmsrInputError
 from kmsr_ops.resize import imresize
+from kmsr_ops.validate import check_choice, check_int
 
 INPUT_KINDS = ("upsampled", "lr")
 CHANNEL_KINDS = ("rgb", "y")
 BOUNDARIES = ("reflect", "replicate", "zero")
-
-
-def check_choice(name: str, value, choices) -> str:
-    if value not in choices:
-        raise KmsrInputError(f"{name}: expected one of {', '.join(map(str, choices))}, found {value!r}")
-    return value
-
-
-def check_range(name: str, lo, hi, *, minimum: float = 0.0, strict_low: bool = False) -> tuple[float, float]:
-    """``(lo, hi)`` as floats with ``minimum <= lo <= hi`` (``minimum < lo`` when ``strict_low``)."""
-    for v in (lo, hi):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise KmsrInputError(f"{name}: expected finite numbers, found ({lo!r}, {hi!r})")
-    lo, hi = float(lo), float(hi)
-    if (lo <= minimum if strict_low else lo < minimum) or hi < lo:
-        rel = "<" if strict_low else "<="
-        raise KmsrInputError(f"{name}: expected {minimum} {rel} low <= high, found ({lo}, {hi})")
-    return lo, hi
-
-
-def check_probability(name: str, p) -> float:
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
-        raise KmsrInputError(f"{name}: expected a probability in [0, 1], found {p!r}")
-    return float(p)
 
 
 def uniform(n: int, lo: float, hi: float, generator, device) -> torch.Tensor:
@@ -79,9 +53,7 @@ class Degradation:
     decimates = True
 
     def __init__(self, scale: int, input: str = "upsampled", channels: str = "rgb"):  # noqa: A002 - the backbone's word
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale < 1:
-            raise KmsrInputError(f"scale: expected a positive integer, found {scale!r}")
-        self.scale = int(scale)
+        self.scale = check_int("scale", scale, expected="a positive integer")
         self.input = check_choice("input", input, INPUT_KINDS)
         self.channels = check_choice("channels", channels, CHANNEL_KINDS)
 

@@ -20,9 +20,9 @@ import torch
 
 from kmsr_ops.blur import blur
 from kmsr_ops.degrade import decimate, needs_even_kernel
-from kmsr_ops.errors import KmsrInputError
+from kmsr_ops.validate import check_choice, check_int, check_probability, check_range
 
-from .base import BOUNDARIES, Degradation, check_choice, check_probability, check_range, uniform
+from .base import BOUNDARIES, Degradation, uniform
 
 
 def gaussian_kernels(size: int, sigma_x: torch.Tensor, sigma_y: torch.Tensor, theta: torch.Tensor,
@@ -58,8 +58,7 @@ class GaussianDegradation(Degradation):
         self.boundary = check_choice("boundary", boundary, BOUNDARIES)
         if kernel_size is None:
             kernel_size = 2 * math.ceil(3 * self.sigma_max) + 1
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise KmsrInputError(f"kernel_size: expected an odd integer >= 1, found {kernel_size!r}")
+        kernel_size = check_int("kernel_size", kernel_size, odd=True)
         self.kernel_size = kernel_size
         # Even scales need the kernel centred between pixels (see kmsr_ops.degrade).
         self.blur_size = kernel_size + 1 if needs_even_kernel(self.scale) else kernel_size

@@ -34,8 +34,9 @@ from kmsr_ops.blur import blur
 from kmsr_ops.degrade import decimate, needs_even_kernel
 from kmsr_ops.errors import KmsrInputError
 from kmsr_ops.resize import imresize
+from kmsr_ops.validate import check_choice, check_probability
 
-from .base import BOUNDARIES, Degradation, check_choice, check_probability, randint, uniform
+from .base import BOUNDARIES, Degradation, randint, uniform
 
 _SUM_ATOL = 1e-3
 

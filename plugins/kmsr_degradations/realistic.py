@@ -23,8 +23,9 @@ import torch
 
 from kmsr_ops.degrade import decimate
 from kmsr_ops.errors import KmsrInputError
+from kmsr_ops.validate import check_int, check_probability, check_range
 
-from .base import check_probability, check_range, randint, uniform
+from .base import randint, uniform
 from .pool import PoolDegradation
 
 
@@ -56,9 +57,8 @@ class RealisticDegradation(PoolDegradation):
                          pool_scale=pool_scale, bicubic_fraction=bicubic_fraction)
         self.noise_min, self.noise_max = check_range("noise_min/noise_max", noise_min, noise_max)
         self.jpeg_prob = check_probability("jpeg_prob", jpeg_prob)
-        for name, v in (("jpeg_min", jpeg_min), ("jpeg_max", jpeg_max)):
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 100:
-                raise KmsrInputError(f"{name}: expected an integer JPEG quality in 1..100, found {v!r}")
+        jpeg_min, jpeg_max = (check_int(name, v, 1, 100, expected="an integer JPEG quality in 1..100")
+                              for name, v in (("jpeg_min", jpeg_min), ("jpeg_max", jpeg_max)))
         if jpeg_max < jpeg_min:
             raise KmsrInputError(f"jpeg_min/jpeg_max: expected jpeg_min <= jpeg_max, found ({jpeg_min}, {jpeg_max})")
         self.jpeg_min, self.jpeg_max = jpeg_min, jpeg_max

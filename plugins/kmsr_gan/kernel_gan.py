@@ -24,6 +24,7 @@ import torch
 
 from kmsr_ops.errors import KmsrInputError
 from kmsr_ops.files import file_sha256
+from kmsr_ops.validate import check_choice
 
 from .model import KERNEL_SIZE, LATENT_DIM, OUTPUTS, KernelCritic, KernelGenerator, init_weights
 
@@ -89,10 +90,8 @@ class KernelGan:
     critic_input_scale = CRITIC_INPUT_SCALE
 
     def __init__(self, *, width_mult: float = 1.0, output: str = "relu", device: str = "cpu"):
-        if output not in OUTPUTS:
-            raise KmsrInputError(f"output: expected one of {', '.join(OUTPUTS)}, found {output!r}")
+        self.output = check_choice("output", output, OUTPUTS)
         self.width_mult = _check_width(width_mult)
-        self.output = output
         self.device = torch.device(device)
         self.generator = KernelGenerator(self.width_mult, output)
         self.critic = KernelCritic(self.width_mult)
