@@ -23,9 +23,6 @@ would be.
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kmsr_ops.errors import KmsrInputError
+from kmsr_ops.errors import KmsrError, KmsrInputError
 
-from .errors import CliError
+from .progress import ProgressSink, emit, fan_out, on_stage
 
 # The metrics need a scale-pixel shave and SSIM's 11x11 window inside what is left.
 _SSIM_WINDOW = 11
@@ -67,13 +64,13 @@ def parse_scales(items: Iterable[str] | None) -> list[int]:
         try:
             s = int(p)
         except ValueError:
-            raise CliError(f"--scales: expected integers such as 2,4, found {p!r}") from None
+            raise KmsrError(f"--scales: expected integers such as 2,4, found {p!r}") from None
         if s < 2:
-            raise CliError(f"--scales: expected scales >= 2, found {s}")
+            raise KmsrError(f"--scales: expected scales >= 2, found {s}")
         if s not in scales:
             scales.append(s)
     if not scales:
-        raise CliError("--scales: no scale given", hint="--scales 2,4")
+        raise KmsrError("--scales: no scale given", hint="--scales 2,4")
     return scales
 
 
@@ -83,7 +80,7 @@ def _split_label(item: str) -> tuple[str | None, str]:
         label, spec = item.split("=", 1)
         label, spec = label.strip(), spec.strip()
         if not _LABEL.match(label) or not spec:
-            raise CliError(f"{item!r}: expected LABEL=SPEC with a label of letters, digits, '_', '-', '.', '+'")
+            raise KmsrError(f"{item!r}: expected LABEL=SPEC with a label of letters, digits, '_', '-', '.', '+'")
         return label, spec
     return None, item
 
@@ -92,7 +89,7 @@ def _check_unique(labels: list[str], what: str) -> None:
     seen: set[str] = set()
     for label in labels:
         if label in seen:
-            raise CliError(f"{what}: the name {label!r} is given twice", hint="name each one with LABEL=SPEC")
+            raise KmsrError(f"{what}: the name {label!r} is given twice", hint="name each one with LABEL=SPEC")
         seen.add(label)
 
 
@@ -128,25 +125,25 @@ class KernelSpec:
         if "{s}" not in self.path:
             named = _SCALE_IN_NAME.search(path.name)
             if named and int(named.group(1)) != scale:
-                raise CliError(
+                raise KmsrError(
                     f"kernel set {self.name!r}: {path} is made for x{named.group(1)} (its name says), "
                     f"but --scales asks for x{scale}",
                     hint="put {s} in the path for one file per scale, e.g. ../kernels/div2krk_gt_k_x{s}.npy",
                 )
         if not path.is_file():
-            raise CliError(f"kernel set {self.name!r}: {path}: no such file (expected a .npy of (N, K, K) kernels)")
+            raise KmsrError(f"kernel set {self.name!r}: {path}: no such file (expected a .npy of (N, K, K) kernels)")
         try:
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as exc:
-            raise CliError(f"kernel set {self.name!r}: {path} is not a readable .npy file ({exc})") from None
+            raise KmsrError(f"kernel set {self.name!r}: {path} is not a readable .npy file ({exc})") from None
         if arr.ndim == 2:
             arr = arr[None]
         if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] != arr.shape[2]:
-            raise CliError(f"kernel set {self.name!r}: {path} holds shape {arr.shape}, expected (N, K, K) or (K, K)")
+            raise KmsrError(f"kernel set {self.name!r}: {path} holds shape {arr.shape}, expected (N, K, K) or (K, K)")
         try:
             ks = [prepare_kernel(k, scale) for k in arr]
         except KmsrInputError as exc:
-            raise CliError(f"kernel set {self.name!r}: {path}: {exc}") from None
+            raise KmsrError(f"kernel set {self.name!r}: {path}: {exc}") from None
         size = max(k.shape[0] for k in ks)
         out = np.zeros((len(ks), size, size))
         for i, k in enumerate(ks):
@@ -165,14 +162,14 @@ def parse_kernels(items: Iterable[str] | None) -> list[KernelSpec]:
         elif m:
             sigma = float(m.group(1))
             if not (0 < sigma <= 20):
-                raise CliError(f"--kernels: {spec!r}: expected a Gaussian std in (0, 20], found {sigma:g}")
+                raise KmsrError(f"--kernels: {spec!r}: expected a Gaussian std in (0, 20], found {sigma:g}")
             specs.append(KernelSpec(label or spec.lower(), "gaussian", sigma=sigma))
         elif spec.lower().endswith(".npy"):
             specs.append(KernelSpec(label or Path(spec).stem, "file", path=spec))
         else:
-            raise CliError(f"--kernels: unknown test set {spec!r}: expected bicubic, gSIGMA (g1.25, g1.6, g1.7) or [NAME=]FILE.npy")
+            raise KmsrError(f"--kernels: unknown test set {spec!r}: expected bicubic, gSIGMA (g1.25, g1.6, g1.7) or [NAME=]FILE.npy")
     if not specs:
-        raise CliError("--kernels: no test set given", hint="--kernels bicubic,g1.25,g1.6,g1.7")
+        raise KmsrError("--kernels: no test set given", hint="--kernels bicubic,g1.25,g1.6,g1.7")
     _check_unique([s.name for s in specs], "--kernels")
     return specs
 
@@ -205,13 +202,13 @@ def parse_models(items: Iterable[str] | None) -> list[ModelSpec]:
         else:
             specs.append(ModelSpec(label or spec, spec))
     if not specs:
-        raise CliError("--models: no model given", hint="--models bicubic,vdsr:vdsr.npz,kmsr")
+        raise KmsrError("--models: no model given", hint="--models bicubic,vdsr:vdsr.npz,kmsr")
     _check_unique([m.label for m in specs], "--models")
     return specs
 
 
 def load_model_for(ms: ModelSpec, scale: int, host=None, *, option: str = "--scales", ensemble: bool = False):
-    """The :class:`~kmsr_cli.infer.SRModel` for ``ms`` at ``scale``; a wrong scale is a CliError
+    """The :class:`~kmsr_cli.infer.SRModel` for ``ms`` at ``scale``; a wrong scale is a KmsrError
     (``option`` is the command's scale option, named in the message). ``ensemble``: every
     network runs as its x8 self-ensemble and its row is named LABEL+ (bicubic stays as it is)."""
     from .checkpoint import read_model_meta
@@ -222,21 +219,21 @@ def load_model_for(ms: ModelSpec, scale: int, host=None, *, option: str = "--sca
     if spec.endswith(".safetensors") and not spec.startswith("spandrel:"):
         path = Path(spec)
         if not path.is_file():
-            raise CliError(f"model {ms.label!r}: {path}: no such checkpoint")
+            raise KmsrError(f"model {ms.label!r}: {path}: no such checkpoint")
         meta = read_model_meta(path)
         if meta.scale is not None and meta.scale != scale:
-            raise CliError(f"model {ms.label!r}: {path} is a x{meta.scale} checkpoint, but {option} asks for x{scale}",
+            raise KmsrError(f"model {ms.label!r}: {path} is a x{meta.scale} checkpoint, but {option} asks for x{scale}",
                            hint=hint)
         srm = resolve_model(str(path), scale=scale, host=host)
     else:
         if ":" in spec and "{s}" not in ms.spec:
             named = _SCALE_IN_NAME.search(Path(spec.split(":", 1)[1]).name)
             if named and int(named.group(1)) != scale:
-                raise CliError(f"model {ms.label!r}: {spec.split(':', 1)[1]} holds x{named.group(1)} weights "
+                raise KmsrError(f"model {ms.label!r}: {spec.split(':', 1)[1]} holds x{named.group(1)} weights "
                                f"(its name says), but {option} asks for x{scale}", hint=hint)
         srm = resolve_model(spec, scale=scale, host=host)
     if srm.scale != scale:
-        raise CliError(f"model {ms.label!r} is for x{srm.scale}, but {option} asks for x{scale}", hint=hint)
+        raise KmsrError(f"model {ms.label!r} is for x{srm.scale}, but {option} asks for x{scale}", hint=hint)
     srm.name = ms.label
     if ensemble and spec != "bicubic":
         srm.ensemble, srm.name = True, f"{ms.label}+"
@@ -301,7 +298,7 @@ def make_lr(hr: np.ndarray, kset: KernelSpec, kernels: np.ndarray | None, index:
         return bicubic_lr(hr, scale)
     k = kernels[index % len(kernels)]
     if min(hr.shape[:2]) < k.shape[0]:
-        raise CliError(f"{image_name}: the {hr.shape[1]}x{hr.shape[0]} image (after modcrop to x{scale}) is smaller "
+        raise KmsrError(f"{image_name}: the {hr.shape[1]}x{hr.shape[0]} image (after modcrop to x{scale}) is smaller "
                        f"than the {k.shape[0]}x{k.shape[0]} kernels of test set {kset.name!r}")
     return kernel_lr(hr, k, scale)
 
@@ -348,6 +345,14 @@ def summarise(results: list[dict]) -> list[dict]:
     ]
 
 
+def bench_progress(progress: ProgressSink | None, on_step: Callable[[], None] | None,
+                   on_set: Callable[[int, object, list[dict]], None] | None) -> ProgressSink | None:
+    """``progress`` plus the older ``on_step`` / ``on_set`` callbacks of the bench runs, as one sink."""
+    return fan_out(progress,
+                   on_stage("bench.model", on_step and (lambda e: on_step())),
+                   on_stage("bench.set", on_set and (lambda e: on_set(e.data["scale"], e.data["set"], e.data["summary"]))))
+
+
 def run_quality(
     images: list[HRImage],
     scales: list[int],
@@ -360,15 +365,21 @@ def run_quality(
     out_images: Path | None = None,
     ensemble: bool = False,
     host=None,
+    progress: ProgressSink | None = None,
     on_step: Callable[[], None] | None = None,
     on_set: Callable[[int, KernelSpec, list[dict]], None] | None = None,
 ) -> BenchReport:
-    """Every model on every (scale, test set, image); models and kernels are loaded and checked first."""
+    """Every model on every (scale, test set, image); models and kernels are loaded and checked first.
+
+    ``progress`` gets a ``bench.model`` event after each model on each image (``done`` of ``total``)
+    and a ``bench.set`` event after each test set (``data``: ``scale``, ``set``, ``summary``).
+    ``on_step()`` and ``on_set(scale, set, summary)`` are the older form of the same events.
+    """
     from kmsr_ops.image_io import write_png
     from kmsr_ops.resize import modcrop
 
     if not images:
-        raise CliError("no HR images given")
+        raise KmsrError("no HR images given")
     # Load everything before the long part, so a bad model or kernel file fails at once.
     models = {s: [load_model_for(ms, s, host, ensemble=ensemble) for ms in model_specs] for s in scales}
     kernels = {(s, ks.name): ks.load(s) for s in scales for ks in kernel_specs}
@@ -377,13 +388,15 @@ def run_quality(
             h, w = im.pixels.shape[:2]
             side = min(h - h % s, w - w % s)
             if side < min_hr_side(s):
-                raise CliError(f"{im.path}: a {w}x{h} image is too small for x{s}: the metrics need at least "
+                raise KmsrError(f"{im.path}: a {w}x{h} image is too small for x{s}: the metrics need at least "
                                f"{min_hr_side(s)} pixels a side (SSIM's 11x11 window after a {s}-pixel shave)")
             for ks in kernel_specs:
                 k = kernels[(s, ks.name)]
                 if k is not None and side < k.shape[-1]:
-                    raise CliError(f"{im.path}: the {w}x{h} image (modcropped to x{s}) is smaller than the "
+                    raise KmsrError(f"{im.path}: the {w}x{h} image (modcropped to x{s}) is smaller than the "
                                    f"{k.shape[-1]}x{k.shape[-1]} kernels of test set {ks.name!r}")
+    progress = bench_progress(progress, on_step, on_set)
+    total, done = len(scales) * len(kernel_specs) * len(images) * len(model_specs), 0
     results: list[dict] = []
     for s in scales:
         for ks in kernel_specs:
@@ -402,11 +415,10 @@ def run_quality(
                     if out_images is not None:
                         _write(write_png, out_images / ks.name / f"x{s}" / srm.name / f"{Path(im.name).stem}.png",
                                out, im.bit_depth)
-                    if on_step:
-                        on_step()
+                    done += 1
+                    emit(progress, "bench.model", done=done, total=total)
             results.extend(set_results)
-            if on_set:
-                on_set(s, ks, summarise(set_results))
+            emit(progress, "bench.set", data={"scale": s, "set": ks, "summary": summarise(set_results)})
     kernel_sets = []
     for ks in kernel_specs:
         d = ks.describe()
@@ -452,91 +464,3 @@ def _write(write_png, path: Path, pixels: np.ndarray, bit_depth: int) -> None:
 
 
 # --------------------------------------------------------------------------- rendering
-def _columns(summary: list[dict]) -> list[tuple[int, str]]:
-    cols: list[tuple[int, str]] = []
-    for r in summary:
-        key = (r["scale"], r["kernel"])
-        if key not in cols:
-            cols.append(key)
-    return sorted(cols, key=lambda c: (c[0], cols.index(c)))
-
-
-def table_cells(summary: list[dict]) -> tuple[list[str], list[str], dict, dict]:
-    """(column titles, model names, {(model, col): row}, {col: (best psnr, best ssim)})."""
-    cols = _columns(summary)
-    models: list[str] = []
-    cells: dict = {}
-    for r in summary:
-        if r["model"] not in models:
-            models.append(r["model"])
-        cells[(r["model"], (r["scale"], r["kernel"]))] = r
-    best = {}
-    for c in cols:
-        rows = [cells[(m, c)] for m in models if (m, c) in cells]
-        best[c] = (max(r["psnr"] for r in rows), max(r["ssim"] for r in rows))
-    titles = [f"{k} x{s}" for s, k in cols]
-    return titles, models, cells, best
-
-
-def _fmt_psnr(x: float) -> str:
-    return "inf" if math.isinf(x) else f"{x:.2f}"
-
-
-def _table_rows(summary: list[dict], mark: Callable[[str, bool], str]):
-    """Column titles and (model, cells) rows; ``mark(text, is_best)`` formats each number."""
-    titles, models, cells, best = table_cells(summary)
-    cols = _columns(summary)
-    rows = []
-    for m in models:
-        row = []
-        for c in cols:
-            r = cells.get((m, c))
-            if r is None:
-                row.append("")
-                continue
-            p = mark(_fmt_psnr(r["psnr"]), r["psnr"] == best[c][0])
-            q = mark(f"{r['ssim']:.4f}", r["ssim"] == best[c][1])
-            row.append(f"{p} / {q}")
-        rows.append((m, row))
-    return titles, rows
-
-
-def _mean_over(n_images: int | None, unit: str) -> str:
-    """'mean over 5 images'; None (columns of different sizes): 'mean over each column's images'."""
-    if n_images is None:
-        return f"mean over each column's {unit}s"
-    return f"mean over {n_images} {unit}{'s' if n_images != 1 else ''}"
-
-
-def render_markdown(summary: list[dict], n_images: int | None, *, unit: str = "image") -> str:
-    titles, rows = _table_rows(summary, lambda t, is_best: f"**{t}**" if is_best else t)
-    lines = ["| model | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(titles)]
-    lines += [f"| {m} | " + " | ".join(row) + " |" for m, row in rows]
-    lines.append("")
-    lines.append(f"Y-PSNR (dB) / SSIM, {_mean_over(n_images, unit)}, "
-                 "scale pixels shaved from each border; best per column in bold.")
-    return "\n".join(lines) + "\n"
-
-
-def render_csv(results: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["image", "model", "kernel", "scale", "psnr", "ssim"], lineterminator="\n")
-    w.writeheader()
-    for r in results:
-        w.writerow({**r, "psnr": repr(float(r["psnr"])), "ssim": repr(float(r["ssim"]))})
-    return buf.getvalue()
-
-
-def rich_table(summary: list[dict], n_images: int | None, *, unit: str = "image"):
-    from rich.markup import escape
-    from rich.table import Table
-
-    titles, rows = _table_rows(summary, lambda t, is_best: f"[bold green]{t}*[/]" if is_best else f"{t} ")
-    table = Table(title=f"Y-PSNR (dB) / SSIM, {_mean_over(n_images, unit)}",
-                  caption="* best in its column; scale pixels shaved from each border")
-    table.add_column("model", style="bold")
-    for t in titles:
-        table.add_column(t, justify="right")
-    for m, row in rows:
-        table.add_row(escape(m), *row)
-    return table

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .errors import CliError
+from kmsr_ops.errors import KmsrError
 
 # The speed benchmarks, in the order they run. Quality benchmarks (estimate_levin.py,
 # gan_quality.py) measure accuracy, not speed, and are left out.
@@ -58,11 +58,11 @@ def find_benchmarks_dir(explicit: Path | None = None) -> Path:
     """``benchmarks/`` of the source checkout kmsr is installed from (or ``explicit``)."""
     if explicit is not None:
         if not explicit.is_dir():
-            raise CliError(f"--dir {explicit}: no such folder (expected the benchmarks/ folder of a kmsr checkout)")
+            raise KmsrError(f"--dir {explicit}: no such folder (expected the benchmarks/ folder of a kmsr checkout)")
         return explicit
     root = Path(__file__).resolve().parent.parent / "benchmarks"
     if not root.is_dir():
-        raise CliError(
+        raise KmsrError(
             f"no benchmarks/ folder next to kmsr's source (looked for {root}): the speed benchmarks ship with the "
             "source tree, not with an installed wheel",
             hint="git clone the kmsr repository and `pip install -e .` there, or pass --dir PATH/benchmarks",
@@ -79,14 +79,14 @@ def select(root: Path, only: Iterable[str] | None) -> list[str]:
         for n in names:
             n_file = n[:-3] if n.endswith(".py") else n
             if n_file not in SPEED_BENCHMARKS:
-                raise CliError(f"--only: unknown benchmark {n!r}; speed benchmarks: {', '.join(SPEED_BENCHMARKS)}")
+                raise KmsrError(f"--only: unknown benchmark {n!r}; speed benchmarks: {', '.join(SPEED_BENCHMARKS)}")
             if not (root / f"{n_file}.py").is_file():
-                raise CliError(f"--only: {root / (n_file + '.py')} does not exist in this checkout",
+                raise KmsrError(f"--only: {root / (n_file + '.py')} does not exist in this checkout",
                                hint=f"present: {', '.join(present(root)) or 'none'}")
         return [n[:-3] if n.endswith(".py") else n for n in dict.fromkeys(names)]
     found = present(root)
     if not found:
-        raise CliError(f"{root}: none of the speed benchmarks ({', '.join(f'{n}.py' for n in SPEED_BENCHMARKS)}) is there")
+        raise KmsrError(f"{root}: none of the speed benchmarks ({', '.join(f'{n}.py' for n in SPEED_BENCHMARKS)}) is there")
     return found
 
 
@@ -225,28 +225,3 @@ def run_ops(root: Path, names: list[str], *, quick: bool = False, timeout: float
         "benchmarks": benchmarks,
         "not_present": [n for n in SPEED_BENCHMARKS if not (root / f"{n}.py").is_file()],
     }
-
-
-def _fmt(x) -> str:
-    if not _number(x):
-        return ""
-    return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
-
-
-def ops_table(report: dict):
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title="Speed: ratio = baseline time / our time, measured in the same run" +
-                  (" (--quick: noisy)" if report["quick"] else ""),
-                  caption=report["machine"])
-    for col, justify in (("benchmark", "left"), ("comparison", "left"), ("baseline", "right"), ("ours", "right"),
-                         ("unit", "left"), ("ratio", "right")):
-        table.add_column(col, justify=justify)
-    for b in report["benchmarks"]:
-        if b.get("error") and not b["ratios"]:
-            table.add_row(escape(b["name"]), f"[red]{escape(b['error'])}[/]", "", "", "", "")
-        for r in b["ratios"]:
-            table.add_row(escape(b["name"]), escape(r["name"]), _fmt(r["baseline"]), _fmt(r["ours"]), escape(r["unit"]),
-                          f"{r['ratio']:.2f}")
-    return table

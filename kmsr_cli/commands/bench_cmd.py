@@ -51,23 +51,26 @@ def _check_flags(json: bool, csv: bool, markdown: bool, folder: Path | None, opt
         check_output_folder(folder, option)
 
 
-def _set_printer(prog, json: bool, unit: str, count):
-    """``on_set`` for the runs: one line per finished test set (``count(set)`` of ``unit``s), best model first."""
+def _progress_printer(prog, task, json: bool, unit: str, count):
+    """The runs' progress sink: the bar advances per model scored; one line per finished test set
+    (``count(set)`` of ``unit``s), best model first."""
 
-    def on_set(s, group, summary):
-        if json:  # --json promises a quiet stderr; the other formats write to stdout only
-            return
-        n = count(group)
-        best = max(summary, key=lambda r: r["psnr"])
-        prog.console.print(f"x{s} {escape(group.name)}: {n} {unit}{'s' if n != 1 else ''}; best {escape(best['model'])} "
-                           f"{best['psnr']:.2f} dB", highlight=False)
+    def sink(event) -> None:
+        if event.stage == "bench.model":
+            prog.advance(task)
+        elif event.stage == "bench.set" and not json:  # --json promises a quiet stderr
+            s, group, summary = event.data["scale"], event.data["set"], event.data["summary"]
+            n = count(group)
+            best = max(summary, key=lambda r: r["psnr"])
+            prog.console.print(f"x{s} {escape(group.name)}: {n} {unit}{'s' if n != 1 else ''}; best "
+                               f"{escape(best['model'])} {best['psnr']:.2f} dB", highlight=False)
 
-    return on_set
+    return sink
 
 
 def _print_report(report, n: int | None, unit: str, *, json: bool, csv: bool, markdown: bool) -> None:
     """The report on stdout in the chosen format (the rich table by default)."""
-    from ..bench import render_csv, render_markdown, rich_table
+    from .render import render_csv, render_markdown, rich_table
 
     if json:
         emit_json(report.document())
@@ -153,9 +156,9 @@ def quality(
     dev = resolve_device(device)
     with make_progress(json_mode=json) as prog:
         task = prog.add_task("SR + metrics", total=len(scale_list) * len(kernel_specs) * len(images) * len(model_specs))
-        on_set = _set_printer(prog, json, "image", lambda ks: len(images))
         report = run_quality(images, scale_list, kernel_specs, model_specs, device=dev, tile=tile, round_lr=round_lr,
-                             out_images=out_images, ensemble=ensemble, on_step=lambda: prog.advance(task), on_set=on_set)
+                             out_images=out_images, ensemble=ensemble,
+                             progress=_progress_printer(prog, task, json, "image", lambda ks: len(images)))
     _print_report(report, len(images), "image", json=json, csv=csv, markdown=markdown)
     if out_images is not None:
         err.print(f"images written under {escape(str(out_images))}", highlight=False)
@@ -233,9 +236,8 @@ def real(
     dev = resolve_device(device)
     with make_progress(json_mode=json) as prog:
         task = prog.add_task("SR + metrics", total=sum(len(ps.pairs) for ps in pair_sets) * len(model_specs))
-        on_set = _set_printer(prog, json, "pair", lambda ps: len(ps.pairs))
         report = run_real(pair_sets, scale, model_specs, device=dev, tile=tile, save=save, crop=crop, ensemble=ensemble,
-                          on_step=lambda: prog.advance(task), on_set=on_set)
+                          progress=_progress_printer(prog, task, json, "pair", lambda ps: len(ps.pairs)))
     _print_report(report, common_pair_count(pair_sets), "pair", json=json, csv=csv, markdown=markdown)
     if save is not None and not json:
         err.print(f"comparison strips written under {escape(str(save))}; report: {escape(str(save / 'index.html'))}",
@@ -267,7 +269,8 @@ def ops(
         kmsr bench ops
         kmsr bench ops --only blur --quick --json
     """
-    from ..bench_ops import find_benchmarks_dir, ops_table, run_ops, select
+    from ..bench_ops import find_benchmarks_dir, run_ops, select
+    from .render import ops_table
 
     root = find_benchmarks_dir(bench_dir)
     chosen = select(root, only)
