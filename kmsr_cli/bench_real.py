@@ -33,6 +33,7 @@ from .bench import (
     BenchReport,
     ModelSpec,
     _split_label,
+    bench_progress,
     describe_models,
     load_model_for,
     min_hr_side,
@@ -40,6 +41,7 @@ from .bench import (
     score_model,
     summarise,
 )
+from .progress import ProgressSink, emit
 
 LAYOUT_FOLDERS = "HR/ and LR/"
 LAYOUT_NAMES = "NAME_HR / NAME_LR{s}"
@@ -233,10 +235,15 @@ def run_real(
     crop: int = DEFAULT_CROP,
     ensemble: bool = False,
     host=None,
+    progress: ProgressSink | None = None,
     on_step: Callable[[], None] | None = None,
     on_set: Callable[[int, PairSet, list[dict]], None] | None = None,
 ) -> BenchReport:
-    """Every model on every pair; models are loaded and every pair read and checked before the first SR."""
+    """Every model on every pair; models are loaded and every pair read and checked before the first SR.
+
+    ``progress`` gets the events of :func:`kmsr_cli.bench.run_quality` (``bench.model``, and
+    ``bench.set`` with the pair set as ``set``); ``on_step`` / ``on_set`` are their older form.
+    """
     from .models import resolve_model
 
     if save is not None and save.exists() and not save.is_dir():
@@ -249,6 +256,8 @@ def run_real(
     reference = None
     if save is not None and bicubic_index is None:
         reference = resolve_model("bicubic", scale=scale, host=host)
+    progress = bench_progress(progress, on_step, on_set)
+    total, done = sum(len(ps.pairs) for ps in pair_sets) * len(models), 0
     results: list[dict] = []
     strip_names_per_set: dict[str, dict[str, str]] = {}
     for ps in pair_sets:
@@ -262,8 +271,8 @@ def run_real(
                 set_results.append({"image": pair.name, "model": srm.name, "kernel": ps.name, "scale": scale,
                                     "psnr": p, "ssim": q})
                 outputs.append((srm.name, out, p))
-                if on_step:
-                    on_step()
+                done += 1
+                emit(progress, "bench.model", done=done, total=total)
             if save is not None:
                 if bicubic_index is not None:
                     bicubic = outputs[bicubic_index]
@@ -274,8 +283,7 @@ def run_real(
                 strip = comparison_strip(pair, scale, bicubic, others, crop=crop)
                 write_strip(save / ps.name / strip_names[pair.name], strip)
         results.extend(set_results)
-        if on_set:
-            on_set(scale, ps, summarise(set_results))
+        emit(progress, "bench.set", data={"scale": scale, "set": ps, "summary": summarise(set_results)})
     if save is not None:
         write_real_report(save, pair_sets, scale, results, strip_names_per_set)
     names = [p.name for ps in pair_sets for p in ps.pairs]

@@ -38,6 +38,7 @@ from kmsr_ops.files import file_sha256
 
 from .atomic import replace_atomically
 from .models import backbone_convention
+from .progress import ProgressSink, emit, fan_out, on_stage
 
 # What every state.pt holds (the generator states are per rank: g_data_0, g_deg_0, ...).
 _STATE_KEYS = ("model", "optimizer", "scheduler", "step", "best", "val_history", "config_json", "g_data_0", "g_deg_0")
@@ -793,10 +794,16 @@ class SRTrainer:
                            self.history, round(time.perf_counter() - self.t0, 2), losses)
 
 
-def run_training(cfg: TrainConfig, host, *, on_step: Callable[[dict], None] | None = None,
+def run_training(cfg: TrainConfig, host, *, progress: ProgressSink | None = None,
+                 on_step: Callable[[dict], None] | None = None,
                  on_epoch: Callable[[dict], None] | None = None, resume: bool = False,
                  log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train with an :class:`SRTrainer`; returns a summary. ``on_step(info)`` after each step (rank 0 only).
+    """Train with an :class:`SRTrainer`; returns a summary.
+
+    ``progress`` gets (on rank 0) a ``train.step`` event after each step (``done`` of ``total``
+    steps, ``data``: step, total, loss, lr), a ``train.epoch`` event at each epoch's end (``data``:
+    epoch, loss, val_psnr) and ``train.log`` events whose ``message`` is a line for the log.
+    ``on_step(data)``, ``on_epoch(data)`` and ``log(message)`` are the older form of those events.
 
     Under torchrun the process group is created here when the caller has not made one, and torn down
     here too after a successful run: every rank waits for the others, then destroys the group before
@@ -805,7 +812,12 @@ def run_training(cfg: TrainConfig, host, *, on_step: Callable[[dict], None] | No
     group is left alone: destroying it while other ranks sit in a collective can hang.
     """
     owned = not _group_active()
-    result = SRTrainer(cfg, host, resume=resume, log=log).run(on_step=on_step, on_epoch=on_epoch)
+    sink = fan_out(progress, on_stage("train.step", on_step and (lambda e: on_step(e.data))),
+                   on_stage("train.epoch", on_epoch and (lambda e: on_epoch(e.data))),
+                   on_stage("train.log", log and (lambda e: log(e.message))))
+    result = SRTrainer(cfg, host, resume=resume, log=lambda m: emit(sink, "train.log", message=m)).run(
+        on_step=lambda d: emit(sink, "train.step", done=d["step"], total=d["total"], data=d),
+        on_epoch=lambda d: emit(sink, "train.epoch", done=d["epoch"], data=d))
     if owned and _group_active():
         import torch.distributed as dist
 

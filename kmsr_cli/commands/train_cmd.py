@@ -90,17 +90,18 @@ def _train_with_progress(cfg, host, run_training, *, resume: bool, quiet: bool):
     with make_progress(json_mode=quiet, extra_columns=(TextColumn("{task.fields[info]}"),)) as prog:
         task = prog.add_task("training", total=cfg.epochs * cfg.iters_per_epoch, info="")
 
-        def on_step(info):
-            prog.update(task, completed=info["step"], info=f"loss {info['loss']:.4f} lr {info['lr']:.2e}")
+        def progress(event):
+            info = event.data
+            if event.stage == "train.step":
+                prog.update(task, completed=info["step"], info=f"loss {info['loss']:.4f} lr {info['lr']:.2e}")
+            elif event.stage == "train.epoch" and not quiet:
+                v = info["val_psnr"]
+                prog.console.print(f"epoch {info['epoch']}: loss {info['loss']:.4f}"
+                                   + (f", val Y-PSNR {v:.2f} dB" if v is not None else ""), highlight=False)
+            elif event.stage == "train.log" and not quiet:
+                err.print(escape(event.message), highlight=False)
 
-        def on_epoch(info):
-            v = info["val_psnr"]
-            msg = f"epoch {info['epoch']}: loss {info['loss']:.4f}" + (f", val Y-PSNR {v:.2f} dB" if v is not None else "")
-            if not quiet:
-                prog.console.print(msg, highlight=False)
-
-        return run_training(cfg, host, on_step=on_step, on_epoch=on_epoch, resume=resume,
-                            log=lambda m: err.print(escape(m), highlight=False) if not quiet else None)
+        return run_training(cfg, host, progress=progress, resume=resume)
 
 
 def _report(result, json: bool) -> None:
