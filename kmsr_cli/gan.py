@@ -41,6 +41,7 @@ from . import __version__
 from .atomic import replace_atomically
 from .kernelset import KernelSet, Provenance, write_kernel_set
 from .plugin_host import PluginHost
+from .progress import ProgressSink, emit, fan_out, on_stage
 
 LOSSES = ("gp", "clip")
 DEFAULT_LR = {"gp": 1e-4, "clip": 5e-5}
@@ -339,6 +340,13 @@ def _merge_resume_settings(saved: TrainSettings, asked: dict, source: Path) -> T
     return saved
 
 
+def _gan_progress(progress: ProgressSink | None, on_iteration: Callable[[IterationStats], None] | None,
+                  log: Callable[[str], None] | None) -> ProgressSink | None:
+    """``progress`` plus train_gan's older ``on_iteration`` / ``log`` callbacks, as one sink."""
+    return fan_out(progress, on_stage("gan.iteration", on_iteration and (lambda e: on_iteration(e.data))),
+                   on_stage("gan.log", log and (lambda e: log(e.message))))
+
+
 def train_gan(
     host: PluginHost,
     paths: Sequence[str | os.PathLike],
@@ -351,6 +359,7 @@ def train_gan(
     checkpoint_every: int = 0,
     sample_every: int = 0,
     samples_png: str | os.PathLike | None = None,
+    progress: ProgressSink | None = None,
     on_iteration: Callable[[IterationStats], None] | None = None,
     log: Callable[[str], None] | None = None,
     history_every: int | None = None,
@@ -363,9 +372,19 @@ def train_gan(
     ``watch_every``: score the generator every so many iterations and keep its best weights if
     the final ones collapsed (:mod:`kmsr_cli.gan_watch`); default ``iters // 20`` for runs of at
     least 200 iterations (shorter ones are not watched), 0 turns it off.
+    ``progress`` gets a ``gan.iteration`` event after each generator iteration (``done`` of
+    ``total``; ``data``: the :class:`IterationStats`) and ``gan.log`` events (``message``: a line
+    for the log); ``on_iteration(stats)`` and ``log(message)`` are the older form of those events.
     """
     out = Path(out)
-    log = log or (lambda msg: None)
+    sink = _gan_progress(progress, on_iteration, log)
+
+    def log(msg: str) -> None:
+        emit(sink, "gan.log", message=msg)
+
+    def on_iteration(st: IterationStats) -> None:
+        emit(sink, "gan.iteration", done=st.iteration, total=iters, data=st)
+
     backend = _trainable_backend(host, settings, iters, sample_every, samples_png)
     gan, train_settings, state = _open_gan(backend, out, settings, device, resume)
     data = _training_data(paths, gan, state, out, train_settings, log)

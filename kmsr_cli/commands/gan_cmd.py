@@ -149,16 +149,17 @@ def _train_with_progress(kernels: list[Path], out: Path, json: bool, **options) 
     with make_progress(json_mode=json, extra_columns=columns) as progress:
         task = progress.add_task("training", total=options["iters"], critic="-", w="-")
 
-        def on_iteration(st):
-            progress.update(task, completed=st.iteration, critic=f"{st.critic_loss:+.4f}", w=f"{st.wasserstein:.4f}")
+        def sink(event) -> None:
+            if event.stage == "gan.iteration":
+                st = event.data
+                progress.update(task, completed=st.iteration, critic=f"{st.critic_loss:+.4f}", w=f"{st.wasserstein:.4f}")
+            elif event.stage == "gan.log":
+                if show:
+                    progress.console.print(escape(event.message), highlight=False)
+                elif not json or event.message.startswith("warning"):
+                    err.print(escape(event.message), highlight=False)
 
-        def say(msg: str) -> None:
-            if show:
-                progress.console.print(escape(msg), highlight=False)
-            elif not json or msg.startswith("warning"):
-                err.print(escape(msg), highlight=False)
-
-        return train_gan(get_host(), kernels, out, on_iteration=on_iteration, log=say, **options)
+        return train_gan(get_host(), kernels, out, progress=sink, **options)
 
 
 def _check_train_args(kernels: list[Path], out: Path, batch: int | None, device: str) -> str:
