@@ -82,7 +82,7 @@ _register_commands()
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point; errors are mapped to a message and an exit code by ``commands.failure``."""
-    from .commands.failure import USER_ERRORS, DebugCliError, failure_of, show
+    from .commands.failure import USER_ERRORS, failure_of, show
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("KMSR_DEBUG", "") not in ("", "0")
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     except (*USER_ERRORS, KeyboardInterrupt) as exc:
         failure = failure_of(exc)
         if debug and not isinstance(exc, KeyboardInterrupt):
-            raise DebugCliError(failure.message) from exc
+            raise  # --debug: the traceback, as it happened
         show(failure, err)
         sys.exit(failure.exit_code)
     except SystemExit as exc:

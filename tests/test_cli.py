@@ -65,7 +65,7 @@ def test_debug_shows_the_traceback(run_kmsr, how):
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert "Traceback (most recent call last)" in proc.stderr
-    assert "CliError: missing.h5: no such file" in proc.stderr
+    assert "KmsrError: missing.h5: no such file" in proc.stderr  # CliError is KmsrError
 
 
 def test_json_goes_to_stdout_only(run_kmsr):

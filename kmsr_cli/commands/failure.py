@@ -25,10 +25,6 @@ class Failure:
     exit_code: int = 1
 
 
-class DebugCliError(Exception):
-    """What ``--debug`` raises at the command line, from the user error: the traceback shows both."""
-
-
 def failure_of(exc: BaseException) -> Failure | None:
     """The :class:`Failure` for ``exc``, or None when it is not a user error (a bug)."""
     if isinstance(exc, KeyboardInterrupt):
