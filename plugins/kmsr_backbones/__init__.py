@@ -76,11 +76,16 @@ __all__ = [*_LAZY,  # noqa: PLE0604 - the keys of _LAZY are names "make_kmsr", "
            "make_imdn"]
 
 
+def _lazy(name: str):
+    """``name`` from its submodule (see ``_LAZY``), importing it (and torch) on first use."""
+    import importlib
+
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+
+
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        return _lazy(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -109,30 +114,25 @@ def _check_weights_options(path, model, options: dict) -> None:
             raise KmsrInputError(f"{k}: the weights in {path} are for {k}={model.options.get(k)!r}, found {k}={v!r}")
 
 
-def make_srcnn(scale: int | None = None, *, weights=None, **options):
-    """SRCNN; options ``variant`` (``955``/``915``), ``padding`` (``replicate``/``zero``), ``weights`` (a published .npz)."""
+def _published_or_new(cls: str, loader: str, scale, weights, options: dict, **load_options):
+    """The network ``cls(scale, **options)``, or, given ``weights``, the published weights loaded
+    by ``loader`` (:mod:`kmsr_backbones.published`) with ``options`` checked against them."""
     if weights is not None:
-        from .published import load_srcnn_weights
-
-        model = load_srcnn_weights(weights, scale=scale, padding=options.get("padding", "replicate"))
+        model = _lazy(loader)(weights, scale=scale, **load_options)
         _check_weights_options(weights, model, options)
         return model
-    from .srcnn import SRCNN
+    return _lazy(cls)(scale, **options)
 
-    return SRCNN(scale, **options)
+
+def make_srcnn(scale: int | None = None, *, weights=None, **options):
+    """SRCNN; options ``variant`` (``955``/``915``), ``padding`` (``replicate``/``zero``), ``weights`` (a published .npz)."""
+    return _published_or_new("SRCNN", "load_srcnn_weights", scale, weights, options,
+                             padding=options.get("padding", "replicate"))
 
 
 def make_vdsr(scale: int | None = None, *, weights=None, **options):
     """VDSR; options ``layers``, ``filters``, ``weights`` (the published .npz)."""
-    if weights is not None:
-        from .published import load_vdsr_weights
-
-        model = load_vdsr_weights(weights, scale=scale)
-        _check_weights_options(weights, model, options)
-        return model
-    from .vdsr import VDSR
-
-    return VDSR(scale, **options)
+    return _published_or_new("VDSR", "load_vdsr_weights", scale, weights, options)
 
 
 def make_edsr(scale: int = 4, **options):
@@ -151,28 +151,13 @@ def make_dbpn(scale: int = 4, **options):
 
 def make_carn_m(scale: int = 4, *, weights=None, **options):
     """CARN-M; options ``filters``, ``groups``, ``multi_scale``, ``weights`` (the published .npz)."""
-    if weights is not None:
-        from .published import load_carn_m_weights
-
-        model = load_carn_m_weights(weights, scale=scale, multi_scale=bool(options.get("multi_scale", False)))
-        _check_weights_options(weights, model, options)
-        return model
-    from .carn import CARNM
-
-    return CARNM(scale, **options)
+    return _published_or_new("CARNM", "load_carn_m_weights", scale, weights, options,
+                             multi_scale=bool(options.get("multi_scale", False)))
 
 
 def make_imdn(scale: int = 4, *, weights=None, **options):
     """IMDN; options ``filters``, ``modules``, ``weights`` (a published per-scale .npz, comparison only)."""
-    if weights is not None:
-        from .published import load_imdn_weights
-
-        model = load_imdn_weights(weights, scale=scale)
-        _check_weights_options(weights, model, options)
-        return model
-    from .imdn import IMDN
-
-    return IMDN(scale, **options)
+    return _published_or_new("IMDN", "load_imdn_weights", scale, weights, options)
 
 
 @hookimpl

@@ -23,7 +23,7 @@ from torch import nn
 from kmsr_ops.validate import check_choice, check_float, check_int
 
 from .base import SRBackbone, check_scale
-from .receptive_field import kmsr_rf
+from .receptive_field import edsr_rf, kmsr_rf
 
 SCALES = (2, 3, 4)
 VARIANTS = ("edsr", "release")
@@ -46,6 +46,47 @@ class ResidualBlock(nn.Module):
             r = r * self.res_scale
         out = x + r
         return torch.relu(out) if self.post_relu else out
+
+
+def _upsampler(scale: int, filters: int) -> nn.Sequential:
+    steps = [2, 2] if scale == 4 else [scale]
+    layers: list[nn.Module] = []
+    for s in steps:
+        layers += [nn.Conv2d(filters, filters * s * s, 3, padding=1), nn.PixelShuffle(s)]
+    return nn.Sequential(*layers)
+
+
+class LRResidualNet(SRBackbone):
+    """EDSR's layout on the LR RGB image, shared by :class:`~kmsr_backbones.edsr.EDSR` and
+    :class:`KMSRNetLR`: the input shifted by :meth:`centre`, head conv 3 -> F, ``blocks``
+    residual blocks and a body conv with a skip over the body, a pixel-shuffle upsampler (one
+    conv + shuffle by s for x2/x3, two x2 stages for x4), a tail conv F -> 3 at HR, the shift
+    added back."""
+
+    input_kind = "lr"
+    channels = "rgb"
+
+    def __init__(self, scale: int, *, blocks: int, filters: int, res_scale: float):
+        scale = check_scale(scale, SCALES)
+        blocks = check_int("blocks", blocks, 0)
+        filters = check_int("filters", filters)
+        res_scale = check_float("res_scale", res_scale)
+        super().__init__(scale, {"blocks": blocks, "filters": filters, "res_scale": res_scale}, edsr_rf(scale, blocks))
+        self.head = nn.Conv2d(3, filters, 3, padding=1)
+        self.body = nn.Sequential(*[ResidualBlock(filters, res_scale) for _ in range(blocks)],
+                                  nn.Conv2d(filters, filters, 3, padding=1))
+        self.upsample = _upsampler(scale, filters)
+        self.tail = nn.Conv2d(filters, 3, 3, padding=1)
+
+    def centre(self, x: torch.Tensor):
+        """What is subtracted from the input before the head and added to the output."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.centre(x)
+        f = self.head(x - c)
+        f = f + self.body(f)
+        return self.tail(self.upsample(f)) + c
 
 
 class KMSRNet(SRBackbone):
@@ -72,7 +113,7 @@ class KMSRNet(SRBackbone):
         return x + out if self.global_skip else out
 
 
-class KMSRNetLR(SRBackbone):
+class KMSRNetLR(LRResidualNet):
     """The KMSR body on the LR image: head conv 3 -> F, ``blocks`` EDSR-style residual blocks, a
     body conv with a skip over the body, a pixel-shuffle upsampler (one conv + shuffle for x2/x3,
     two x2 stages for x4) and a tail conv F -> 3 at HR; no bicubic pre-upsampling.
@@ -83,25 +124,8 @@ class KMSRNetLR(SRBackbone):
     The input is centred on 0.5 before the head and the output shifted back (no dataset mean).
     """
 
-    input_kind = "lr"
-    channels = "rgb"
-
     def __init__(self, scale: int = 4, *, blocks: int = 16, filters: int = 64, res_scale: float = 1.0):
-        from .edsr import _upsampler
-        from .receptive_field import edsr_rf
+        super().__init__(scale, blocks=blocks, filters=filters, res_scale=res_scale)
 
-        scale = check_scale(scale, SCALES)
-        blocks = check_int("blocks", blocks, 0)
-        filters = check_int("filters", filters)
-        res_scale = check_float("res_scale", res_scale)
-        super().__init__(scale, {"blocks": blocks, "filters": filters, "res_scale": res_scale}, edsr_rf(scale, blocks))
-        self.head = nn.Conv2d(3, filters, 3, padding=1)
-        self.body = nn.Sequential(*[ResidualBlock(filters, res_scale) for _ in range(blocks)],
-                                  nn.Conv2d(filters, filters, 3, padding=1))
-        self.upsample = _upsampler(scale, filters)
-        self.tail = nn.Conv2d(filters, 3, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.head(x - 0.5)
-        f = f + self.body(f)
-        return self.tail(self.upsample(f)) + 0.5
+    def centre(self, x: torch.Tensor) -> float:
+        return 0.5
