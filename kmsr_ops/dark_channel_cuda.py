@@ -7,6 +7,8 @@ the Numba kernel's (``assign_sequential``). ``mode="all"`` is an order-free scat
 
 from __future__ import annotations
 
+import string
+
 import numpy as np
 
 from .backend import get_cupy
@@ -36,27 +38,21 @@ __device__ void assign_one(const T* S, const T* J, const int* ar, const int* ac,
         }
     }
 }
-
-extern "C" __global__ void assign_f32(const float* S, const float* J, const int* ar, const int* ac,
-                                      const double* thr, int r, int N, int H, int W, float* u, int* diff) {
-    int b = blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= N) return;
-    if (thr[b] <= 0.0) return;
-    long long off = (long long)b * H * W;
-    assign_one<float>(S + off, J + off, ar + off, ac + off, thr[b], r, H, W, u + off,
-                      diff + (long long)b * H * (W + 1));
-}
-
-extern "C" __global__ void assign_f64(const double* S, const double* J, const int* ar, const int* ac,
-                                      const double* thr, int r, int N, int H, int W, double* u, int* diff) {
-    int b = blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= N) return;
-    if (thr[b] <= 0.0) return;
-    long long off = (long long)b * H * W;
-    assign_one<double>(S + off, J + off, ar + off, ac + off, thr[b], r, H, W, u + off,
-                       diff + (long long)b * H * (W + 1));
-}
 """
+
+# One entry point per dtype (extern "C" functions cannot be templates), named assign_f32 / assign_f64.
+_ENTRY = string.Template(r"""
+extern "C" __global__ void assign_$suffix(const $T* S, const $T* J, const int* ar, const int* ac,
+                                      const double* thr, int r, int N, int H, int W, $T* u, int* diff) {
+    int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= N) return;
+    if (thr[b] <= 0.0) return;
+    long long off = (long long)b * H * W;
+    assign_one<$T>(S + off, J + off, ar + off, ac + off, thr[b], r, H, W, u + off,
+                   diff + (long long)b * H * (W + 1));
+}
+""")
+_SOURCE += "".join(_ENTRY.substitute(suffix=suffix, T=t) for suffix, t in (("f32", "float"), ("f64", "double")))
 
 _MODULE = None
 

@@ -59,22 +59,17 @@ def _check_size(size: Any, name: str = "size", minimum: int = 1) -> int:
     return size
 
 
+def _check_real(value: Any, name: str, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise KmsrInputError(f"{name}: expected a {'positive' if positive else 'real'} number, found {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise KmsrInputError(f"{name}: expected a {'positive ' if positive else ''}finite number, found {value}")
+    return value
+
+
 def _check_positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise KmsrInputError(f"{name}: expected a positive number, found {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise KmsrInputError(f"{name}: expected a positive finite number, found {value}")
-    return value
-
-
-def _check_real(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise KmsrInputError(f"{name}: expected a real number, found {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise KmsrInputError(f"{name}: expected a finite number, found {value}")
-    return value
+    return _check_real(value, name, positive=True)
 
 
 def _check_dtype(dtype: Any) -> np.dtype:

@@ -68,26 +68,16 @@ class MotionGenerator:
         return dict(self.options)
 
 
+_GENERATORS = (
+    ("gaussian", GaussianGenerator, "isotropic Gaussian kernels, sigma uniform in [sigma_min, sigma_max]",
+     {"sigma_min": 0.6, "sigma_max": 2.5}),
+    ("aniso", AnisotropicGenerator, "anisotropic Gaussian kernels with random sigmas and angle",
+     {"sigma_min": 0.6, "sigma_max": 3.0}),
+    ("motion", MotionGenerator, "random camera-shake (motion) kernels from smooth random trajectories", {}),
+)
+
+
 @hookimpl
 def kmsr_register_generators(register):
-    register(
-        "gaussian",
-        GaussianGenerator,
-        description="isotropic Gaussian kernels, sigma uniform in [sigma_min, sigma_max]",
-        origin="synthetic",
-        options={"sigma_min": 0.6, "sigma_max": 2.5},
-    )
-    register(
-        "aniso",
-        AnisotropicGenerator,
-        description="anisotropic Gaussian kernels with random sigmas and angle",
-        origin="synthetic",
-        options={"sigma_min": 0.6, "sigma_max": 3.0},
-    )
-    register(
-        "motion",
-        MotionGenerator,
-        description="random camera-shake (motion) kernels from smooth random trajectories",
-        origin="synthetic",
-        options={},
-    )
+    for name, factory, description, options in _GENERATORS:
+        register(name, factory, description=description, origin="synthetic", options=dict(options))
