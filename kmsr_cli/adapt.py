@@ -64,6 +64,7 @@ class AdaptSettings:
     seed: int = 0
     device: str = "cpu"
     amp: bool = False
+    noise_model: bool = True  # False: train without the camera's noise and JPEG (the ablation)
 
 
 @dataclass
@@ -270,7 +271,7 @@ def _run_adapt_locked(photos, out, s, *, work, base, base_meta, fingerprint, hos
     pool, pool_info = _stage_pool(work, kernels, n_est, s, host=host, say=say, warn=warn)
     noise = _stage_noise(photos, work, say)
     run = work / "run"
-    deg = degradation_options(noise, len(photos), s.bicubic_fraction)
+    deg = degradation_options(noise, len(photos), s.bicubic_fraction, noise_model=s.noise_model)
     train_summary = _stage_train(run, state, state_path, s, base=base, base_meta=base_meta, pool=pool, deg=deg,
                                  host=host, say=say)
     # 5. the model and the report
@@ -281,7 +282,7 @@ def _run_adapt_locked(photos, out, s, *, work, base, base_meta, fingerprint, hos
                   "noise": {k: v for k, v in noise.items() if k != "per_photo"},
                   "degradation_options": deg, "base": base,
                   "base_sha256": hashlib.sha256(Path(base).read_bytes()).hexdigest(),
-                  "budget_minutes": s.minutes, "train_steps": train_summary["steps"],
+                  "noise_model": s.noise_model, "budget_minutes": s.minutes, "train_steps": train_summary["steps"],
                   "train_seconds": round(float(train_summary["seconds"]), 1)}
     save_model(out, module, backbone=meta.backbone, scale=meta.scale, options=meta.options,
                extra={**meta.extra, "adapt": adapt_meta})
@@ -402,9 +403,13 @@ def _stage_noise(photos: list[Path], work: Path, say) -> dict:
     return noise
 
 
-def degradation_options(noise: dict, n_photos: int, bicubic_fraction: float) -> dict:
+def degradation_options(noise: dict, n_photos: int, bicubic_fraction: float, *, noise_model: bool = True) -> dict:
     """The ``realistic`` degradation's options for the camera: its noise range, and JPEG compression
-    (quality 70-95) on half the fraction of the photos that are JPEG files."""
+    (quality 70-95) on half the fraction of the photos that are JPEG files. Without the noise model
+    (``noise_model=False``, the ablation) the training LR images get the camera's blur only."""
+    if not noise_model:
+        return {"noise_min": 0.0, "noise_max": 0.0, "jpeg_prob": 0.0, "jpeg_min": 70, "jpeg_max": 95,
+                "bicubic_fraction": bicubic_fraction}
     jpeg_fraction = noise["jpeg_photos"] / n_photos
     return {"noise_min": noise["train_noise_min"], "noise_max": noise["train_noise_max"],
             "jpeg_prob": round(0.5 * jpeg_fraction, 4), "jpeg_min": 70, "jpeg_max": 95, "bicubic_fraction": bicubic_fraction}

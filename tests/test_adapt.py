@@ -235,3 +235,21 @@ def test_sigkill_during_training_then_rerun_continues(photos, tmp_path):
     assert json.loads(rerun.stdout)["train"]["steps"] == done + 10
     assert {n: (work / n).stat().st_mtime_ns for n in stamps} == stamps  # nothing estimated or pooled again
     assert out.is_file() and not list(tmp_path.glob(".kmsr-*"))  # the model written, no temporary files left
+
+
+def test_without_the_noise_model(capsys, photos, tmp_path):
+    """--no-noise-model (the ablation): the noise is still measured (3/255 was added to the photos),
+    but the training degradation has no noise and no JPEG, and the card says so."""
+    from safetensors import safe_open
+
+    out = tmp_path / "blur_only_x2.safetensors"
+    code, stdout, stderr = run(capsys, photos, out, "--steps", "1", "--no-noise-model", "--json")
+    assert code == 0, stderr
+    with safe_open(str(out), "pt") as f:
+        a = json.loads(f.metadata()["kmsr"])["extra"]["adapt"]
+    assert a["noise_model"] is False
+    deg = a["degradation_options"]
+    assert deg["noise_min"] == deg["noise_max"] == 0.0 and deg["jpeg_prob"] == 0.0
+    assert 1.5 / 255 < a["noise"]["sigma_median"] < 5 / 255
+    config = json.loads((out.with_name(out.name + ".adapt") / "run" / "config.json").read_text())
+    assert config["degradation_options"]["noise_max"] == 0.0

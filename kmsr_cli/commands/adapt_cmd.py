@@ -26,6 +26,7 @@ def adapt(
     batch: Annotated[int, typer.Option("--batch", help="Training batch size.", min=1)] = 16,
     steps: Annotated[int | None, typer.Option("--steps", help="Stop training after this many steps in all (default: the budget decides).", min=1)] = None,
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (bfloat16 on CPU, float16 on CUDA).")] = False,
+    noise_model: Annotated[bool, typer.Option("--noise-model/--no-noise-model", help="Train with the camera's measured noise and JPEG (default), or with its blur only (the ablation; the noise is still measured and reported).")] = True,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     json: JsonOpt = False,
@@ -56,7 +57,7 @@ def adapt(
                             empty_hint="kmsr adapt PHOTO_OR_FOLDER... -o camera.safetensors")
     settings = AdaptSettings(scale=scale, base=base, minutes=minutes, data=list(data or []), patch=patch,
                              per_image=per_image, gan_iters=gan_iters, train_patch=train_patch, batch=batch,
-                             steps=steps, seed=seed, device=dev, amp=amp)
+                             steps=steps, seed=seed, device=dev, amp=amp, noise_model=noise_model)
 
     def say(msg: str) -> None:
         err.print(f"[bold cyan]{escape(msg)}[/]" if msg.startswith("[") else f"[dim]{escape(msg)}[/]", highlight=False)
