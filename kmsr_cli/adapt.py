@@ -308,7 +308,12 @@ def _check_progress(state_path: Path, work: Path, s: AdaptSettings, *, base: str
         raise KmsrError(f"{work} estimated its kernels with --patch {was.get('patch')} --per-image {was.get('per_image')} "
                        f"--seed {was.get('seed')}, not --patch {s.patch} --per-image {s.per_image} --seed {s.seed}",
                        hint=f"rerun with those, or delete {work / 'kernels.h5'} and {work / 'pool.h5'} to estimate again")
-    state.update({"photos_sha256": fingerprint, "base": base, "scale": s.scale, "estimation": estimation})
+    if state and state.get("noise_model", True) != s.noise_model:
+        made = "with" if state.get("noise_model", True) else "without"
+        raise KmsrError(f"{work} was trained {made} the camera's noise model; this run asks for the other",
+                        hint=f"{'add' if made == 'without' else 'drop'} --no-noise-model, or use another -o")
+    state.update({"photos_sha256": fingerprint, "base": base, "scale": s.scale, "estimation": estimation,
+                  "noise_model": s.noise_model})
     state.setdefault("train_seconds", 0.0)
     _write_json(state_path, state)
     return state

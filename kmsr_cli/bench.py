@@ -459,6 +459,7 @@ def score_model(srm, lr: np.ndarray, hr: np.ndarray, bit_depth: int, *, device: 
 
 def _write(write_png, path: Path, pixels: np.ndarray, bit_depth: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    bit_depth = 8 if bit_depth == 8 else 16  # a float (32) HR image: its LR and SR as 16-bit PNGs
     dtype = np.uint8 if bit_depth == 8 else np.uint16
     write_png(path, np.asarray(pixels).astype(dtype), bit_depth=bit_depth)
 

@@ -7,6 +7,7 @@ minutes later. Scales are bounded as plain usage (``MAX_SCALE``).
 
 from __future__ import annotations
 
+import logging
 import os
 
 from kmsr_ops.errors import KmsrError
@@ -19,10 +20,12 @@ def machine_memory() -> int | None:
     """Physical memory of this machine in bytes (psutil when installed, else sysconf)."""
     try:
         import psutil  # type: ignore[import-not-found]
-    except ImportError:  # not installed: ask the OS
-        psutil = None
-    if psutil is not None:
+
         return int(psutil.virtual_memory().total)
+    except ImportError:  # not installed: ask the OS
+        pass
+    except Exception as exc:  # noqa: BLE001 - psutil installed but no answer (a sandbox's /proc): ask the OS
+        logging.getLogger(__name__).debug("psutil gave no memory figure (%s); asking sysconf", exc)
     try:
         return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):

@@ -253,3 +253,7 @@ def test_without_the_noise_model(capsys, photos, tmp_path):
     assert 1.5 / 255 < a["noise"]["sigma_median"] < 5 / 255
     config = json.loads((out.with_name(out.name + ".adapt") / "run" / "config.json").read_text())
     assert config["degradation_options"]["noise_max"] == 0.0
+    # the same work folder with the noise model: refused, not mixed into the blur-only run
+    code, _, stderr = run(capsys, photos, out, "--steps", "2")
+    flat = " ".join(stderr.split())
+    assert code == 1 and "trained without the camera's noise model" in flat and "add --no-noise-model" in flat, stderr

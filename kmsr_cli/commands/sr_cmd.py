@@ -73,7 +73,7 @@ def _targets(items: list[str], specs: list[str], out: str, many: bool, scale: in
 
 def sr(
     inputs: Annotated[list[str], typer.Argument(help="Images: files, folders, globs, or - (image bytes on stdin).")],
-    out: Annotated[str, typer.Option("-o", "--out", help="Output PNG for one input, or TIFF for a name ending .tif/.tiff (16-bit, float32 for a float input; PNG only otherwise: another image suffix such as .jpg is a usage error), a folder for several (NAME_xS.png, keeping the sub-folders of an input folder), or - for PNG on stdout.")],
+    out: Annotated[str, typer.Option("-o", "--out", help="Output PNG for one input, or TIFF for a name ending .tif/.tiff (the input's bit depth: 8, 16, or float32 for a float input; PNG only otherwise: another image suffix such as .jpg is a usage error), a folder for several (NAME_xS.png, keeping the sub-folders of an input folder), or - for PNG on stdout.")],
     model: Annotated[str, typer.Option("--model", help="A .safetensors checkpoint, NAME:WEIGHTS (e.g. vdsr:vdsr.npz), spandrel:PATH (a published model, with the spandrel extra), bicubic, or a backbone name for kmsr's shipped model.")] = "kmsr",
     scale: Annotated[int | None, typer.Option("--scale", help="SR scale (default: the checkpoint's or spandrel model's, else 2).", min=1, max=16)] = None,
     tile: Annotated[int, typer.Option("--tile", help="Tile size in output pixels (0 = whole image at once).", min=0)] = 512,
@@ -93,7 +93,7 @@ def sr(
     Pre-upsampling models (KMSR, SRCNN, VDSR) get the MATLAB-bicubic-upscaled image; LR models
     (EDSR, DBPN) the image itself. Tiles with a margin of the network's receptive-field radius
     give exactly the untiled result. A file that cannot be read is reported and the others go
-    on; the exit code is then 1. The output is PNG, or 16-bit TIFF for `-o NAME.tif`; `-o photo.jpg` is refused (exit 2).
+    on; the exit code is then 1. The output is PNG, or TIFF for `-o NAME.tif` (the input's bit depth, float32 for a float TIFF); `-o photo.jpg` is refused (exit 2).
     Into a folder, each image becomes NAME_xS.png under the same
     sub-folders as below the input folder it was found in (shots/a/x.png -> sr/a/x_x2.png); two
     inputs that would share an output are refused before anything is written.

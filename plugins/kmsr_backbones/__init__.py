@@ -72,8 +72,9 @@ _LAZY = {
     "load_imdn_weights": "published",
 }
 
-__all__ = [*_LAZY,  # noqa: PLE0604 - the keys of _LAZY are names "make_kmsr", "make_kmsr_lr", "make_srcnn", "make_vdsr", "make_edsr", "make_dbpn", "make_carn_m",
-           "make_imdn"]
+# the keys of _LAZY are names (ruff cannot see that)
+__all__ = [*_LAZY, "make_kmsr", "make_kmsr_lr", "make_srcnn", "make_vdsr", "make_edsr", "make_dbpn",  # noqa: PLE0604
+           "make_carn_m", "make_imdn"]
 
 
 def _lazy(name: str):
