@@ -272,6 +272,8 @@ def _run_adapt_locked(photos, out, s, *, work, base, base_meta, fingerprint, hos
     noise = _stage_noise(photos, work, say)
     run = work / "run"
     deg = degradation_options(noise, len(photos), s.bicubic_fraction, noise_model=s.noise_model)
+    if not s.noise_model:
+        say("  --no-noise-model: the training LR images get the camera's blur only (no noise, no JPEG)")
     train_summary = _stage_train(run, state, state_path, s, base=base, base_meta=base_meta, pool=pool, deg=deg,
                                  host=host, say=say)
     # 5. the model and the report
