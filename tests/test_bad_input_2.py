@@ -291,7 +291,10 @@ def test_sigint_says_interrupted_and_exits_130(tmp_path, two_photos):
     out = tmp_path / "k.h5"
     proc = subprocess.Popen([sys.executable, "-m", "kmsr_cli", "estimate", str(fifo), "-o", str(out), *ESTIMATE_FAST],
                             cwd=tmp_path, env=cli_env({"OMP_NUM_THREADS": "1"}), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # a shell that runs the suite in the background ignores SIGINT, and the
+                            # child would inherit that; the test is about kmsr's own handling
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lock = tmp_path / "k.h5.lock"
         deadline = time.monotonic() + 60
