@@ -16,6 +16,11 @@ else scikit-image's sample photos), greyscale, upscaled x2 with MATLAB bicubic (
     python benchmarks/estimate_speed.py                 # Markdown on stdout
     python benchmarks/estimate_speed.py --json          # {"ours_s_per_patch", "baseline_s_per_patch", "speedup", ...}
     python benchmarks/estimate_speed.py --schedule fast --baseline-patches 0
+    python benchmarks/estimate_speed.py --schedule fast --against-schedule reference --baseline-patches 0
+
+``--against-schedule S`` also times our backend with schedule ``S`` on the same patches in the same
+run (``schedule_ratio`` = its seconds per patch / the ``--schedule`` one's): the ratio between the
+previous default schedule (``reference``) and the new one (``fast``).
 """
 
 from __future__ import annotations
@@ -96,6 +101,8 @@ def main() -> int:
     ap.add_argument("--patches", type=int, default=4, help="patches for our estimator (default 4)")
     ap.add_argument("--baseline-patches", type=int, default=2, help="patches for the baseline (default 2; it is slow)")
     ap.add_argument("--schedule", default="reference", help="reference (default) or fast")
+    ap.add_argument("--against-schedule", default=None, metavar="S",
+                    help="also time our backend with this schedule on the same patches (e.g. reference)")
     ap.add_argument("--kernel-size", type=int, default=25)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     args = ap.parse_args()
@@ -116,6 +123,17 @@ def main() -> int:
         "workers": args.workers,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
     }
+    if args.against_schedule:
+        other, other_each, other_cpu, other_k = throughput({**opts, "schedule": args.against_schedule, "backend": "numba"},
+                                                           patches[: args.patches], args.workers)
+        res.update(
+            against_schedule=args.against_schedule,
+            against_s_per_patch=other,
+            against_s_per_patch_single_process=float(np.mean(other_each)),
+            against_cpu_s_per_patch=float(np.mean(other_cpu)),
+            schedule_ratio=float(np.mean(other_each) / np.mean(ours_each)),
+            kernel_similarity_schedules=[kernel_similarity(a, b) for a, b in zip(ours_k, other_k)],
+        )
     if args.baseline_patches > 0:
         base, base_each, base_cpu, base_k = throughput({**opts, "backend": "reference"},
                                                        patches[: args.baseline_patches], args.workers)
@@ -136,6 +154,10 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|")
     print(f"| kmsr (numba, float32) | {ours:.2f} | {res['ours_s_per_patch_single_process']:.2f} | "
           f"{res['ours_cpu_s_per_patch']:.2f} | 1.00 |")
+    if "against_s_per_patch" in res:
+        print(f"| kmsr (numba, float32), schedule {args.against_schedule} | {res['against_s_per_patch']:.2f} | "
+              f"{res['against_s_per_patch_single_process']:.2f} | {res['against_cpu_s_per_patch']:.2f} | "
+              f"{res['schedule_ratio']:.2f} |")
     if "baseline_s_per_patch" in res:
         print(f"| NumPy/SciPy baseline (float64) | {res['baseline_s_per_patch']:.2f} | "
               f"{res['baseline_s_per_patch_single_process']:.2f} | {res['baseline_cpu_s_per_patch']:.2f} | "

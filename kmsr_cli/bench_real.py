@@ -115,6 +115,15 @@ def _child(folder: Path, name: str) -> Path | None:
     return None
 
 
+def _check_matched(folder: Path, hr: dict[str, Path], lr: dict[str, Path], lr_name, hr_name) -> None:
+    """Every HR image has its LR partner and every LR image its HR one (``lr_name`` / ``hr_name``:
+    the partner file a pair key would need), or the first one missing is named."""
+    for have, other, partner in ((hr, lr, lr_name), (lr, hr, hr_name)):
+        lonely = [n for n in have if n not in other]
+        if lonely:
+            raise _unmatched(folder, have[lonely[0]], partner(lonely[0]), len(lonely))
+
+
 def _unmatched(folder: Path, have: Path, want: str, count: int) -> KmsrError:
     more = f" (and {count - 1} more without a partner)" if count > 1 else ""
     return KmsrError(f"{folder}: {have.relative_to(folder)} has no partner {want}{more}")
@@ -143,12 +152,7 @@ def find_pairs(folder: Path, scale: int, name: str | None = None) -> PairSet:
         lr_files = {p.name: p for p in _images_in(lr_dir)}
         if not hr_files and not lr_files:
             raise KmsrError(f"{folder}: HR/ and LR/ hold no images ({_expected_layouts(scale)})")
-        lonely_hr = [n for n in hr_files if n not in lr_files]
-        if lonely_hr:
-            raise _unmatched(folder, hr_files[lonely_hr[0]], f"{lr_dir.name}/{lonely_hr[0]}", len(lonely_hr))
-        lonely_lr = [n for n in lr_files if n not in hr_files]
-        if lonely_lr:
-            raise _unmatched(folder, lr_files[lonely_lr[0]], f"{hr_dir.name}/{lonely_lr[0]}", len(lonely_lr))
+        _check_matched(folder, hr_files, lr_files, lambda n: f"{lr_dir.name}/{n}", lambda n: f"{hr_dir.name}/{n}")
         pairs = [Pair(n, hr_files[n], lr_files[n]) for n in sorted(hr_files)]
         return PairSet(set_name, folder, LAYOUT_FOLDERS, pairs)
     hr_files: dict[str, Path] = {}
@@ -169,12 +173,7 @@ def find_pairs(folder: Path, scale: int, name: str | None = None) -> PairSet:
     if hr_files and not lr_here and lr_files:
         others = ", ".join(f"_LR{s}" for s in sorted(lr_files))
         raise KmsrError(f"{folder}: holds {others} files but no NAME_LR{scale} files for --scale {scale}")
-    lonely_hr = [n for n in hr_files if n not in lr_here]
-    if lonely_hr:
-        raise _unmatched(folder, hr_files[lonely_hr[0]], f"{lonely_hr[0]}_LR{scale}.*", len(lonely_hr))
-    lonely_lr = [n for n in lr_here if n not in hr_files]
-    if lonely_lr:
-        raise _unmatched(folder, lr_here[lonely_lr[0]], f"{lonely_lr[0]}_HR.*", len(lonely_lr))
+    _check_matched(folder, hr_files, lr_here, lambda n: f"{n}_LR{scale}.*", lambda n: f"{n}_HR.*")
     if not hr_files:
         raise KmsrError(f"{folder}: no HR/LR pairs found for x{scale} ({_expected_layouts(scale)})")
     pairs = [Pair(n, hr_files[n], lr_here[n]) for n in sorted(hr_files)]

@@ -382,12 +382,42 @@ def _worker_estimate(patch: np.ndarray, kernel_size: int, seed: int) -> np.ndarr
 
 _DASK_EST: dict = {}
 
+# glibc's mallopt parameter numbers (malloc.h: M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 << 20  # glibc's ceiling for it on 64-bit (HEAP_MAX_SIZE / 2)
+
+
+def keep_large_blocks_in_heap() -> bool:
+    """Serve blocks of up to 32 MiB from the heap instead of a fresh ``mmap`` each, and keep up to
+    64 MiB of freed heap instead of returning it at once (glibc only; the values glibc's own
+    self-adjusting thresholds reach on an estimate).
+
+    Dask's nanny starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536``, and setting any malloc
+    tunable turns glibc's self-adjusting thresholds off: every array over 128 KiB is then mapped
+    and unmapped again, and an estimate takes ~960k page faults instead of ~8k (+70 % time,
+    measured by ``benchmarks/estimate_scaling.py``). Setting them here fixes it on any cluster,
+    including one whose workers kmsr did not start. Returns whether it was applied."""
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
+        return False  # not glibc (musl has no such tunable)
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD))
+
 
 def _dask_estimate(name: str, options_json: str, patch: np.ndarray, kernel_size: int, seed: int) -> np.ndarray:
     """One patch on a Dask worker: the estimator is built once per worker process and kept."""
     est = _DASK_EST.get((name, options_json))
     if est is None:
         from .plugin_host import get_host
+
+        keep_large_blocks_in_heap()
 
         est = _DASK_EST[(name, options_json)] = get_host().get("estimators", name).create(**json.loads(options_json))
     return np.asarray(est.estimate(patch, kernel_size=kernel_size, rng=np.random.default_rng(seed)))

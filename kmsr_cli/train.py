@@ -134,20 +134,10 @@ def load_hr_images(specs: list[str], *, default: tuple[str, ...]) -> tuple[list[
             imgs.append(np.ascontiguousarray(a[..., :3]))
             names.append(f"skimage:{name}")
         return imgs, names
-    paths: list[Path] = []
-    for spec in specs:
-        p = Path(spec)
-        if p.is_dir():
-            from kmsr_ops.image_io import images_in
+    from .estimate import discover_photos  # the one discovery of files, folders, globs and -
 
-            found = images_in(p, recursive=True)
-            if not found:
-                raise KmsrError(f"{p}: the folder holds no images")
-            paths.extend(found)
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise KmsrError(f"{p}: no such file or folder")
+    paths = discover_photos(specs, missing_hint="check --data; nothing was trained",
+                            empty_hint="kmsr train --data IMAGE_OR_FOLDER... -o RUN")
     return [_load_rgb_uint8(p) for p in paths], [str(p) for p in paths]
 
 
