@@ -5,7 +5,7 @@ Who decodes what:
 * 16-bit colour PNG (RGB, RGBA, grey + alpha): imagecodecs' libpng codec, because Pillow (up
   to 13 at least) reads those as 8-bit and cannot write them; Pillow still parses the header
   and the EXIF block. Every other PNG, JPEG, BMP, WebP, PPM/PGM: Pillow.
-* TIFF: tifffile (8/16-bit integer and float samples, grey/RGB with or without alpha, any
+* TIFF: tifffile (8/16-bit and packed 9-15-bit integer, and float samples, grey/RGB with or without alpha, any
   compression imagecodecs decodes); palette, CMYK, bilevel and other photometric kinds go to
   Pillow as before.
 * HEIC/HEIF: pillow-heif (extra ``heif``); camera RAW by file suffix: rawpy (extra ``raw``).
@@ -384,8 +384,8 @@ def _decode_png16(data: bytes, im, name: str) -> np.ndarray:
 
 
 def _decode_tiff(data: bytes, name: str) -> tuple[np.ndarray, int] | None:
-    """Decode grey/RGB TIFFs (with or without alpha) with tifffile; None for the kinds that
-    Pillow handles (palette, CMYK, YCbCr, bilevel, odd bit depths)."""
+    """Decode grey/RGB TIFFs (with or without alpha; 8, 9-16 or 32-bit integer or float samples)
+    with tifffile; None for the kinds that Pillow handles (palette, CMYK, YCbCr, bilevel)."""
     import tifffile
 
     try:
@@ -397,11 +397,12 @@ def _decode_tiff(data: bytes, name: str) -> tuple[np.ndarray, int] | None:
                 photometric not in (1, 2)  # MINISBLACK, RGB
                 or dtype is None
                 or dtype.kind not in "uif"
-                or (dtype.kind != "f" and page.bitspersample not in (8, 16, 32))
+                or (dtype.kind != "f" and page.bitspersample not in (8, 16, 32) and not 9 <= page.bitspersample <= 15)
             ):
                 return None
             _check_size(page.imagewidth, page.imagelength, name)
             samples = page.asarray()
+            bits = int(page.bitspersample)
             axes = page.axes
             extras = tuple(int(e) for e in page.extrasamples)
             tag = page.tags.get(274)  # Orientation
@@ -438,6 +439,10 @@ def _decode_tiff(data: bytes, name: str) -> tuple[np.ndarray, int] | None:
     else:
         bit_depth = 8 * dtype.itemsize
         maxval = 255 if bit_depth == 8 else 65535
+        if 9 <= bits <= 15:
+            # Packed 9-15-bit samples (12-bit scanner and camera TIFFs) arrive as uint16 with
+            # white at 2**bits - 1: stretched to 0-65535 so that white stays 1.0.
+            samples = np.rint(samples.astype(np.float64) * (65535 / (2**bits - 1))).astype(np.uint16)
 
     picked = samples[..., :colour]
     if alpha_kind in (1, 2):

@@ -51,6 +51,22 @@ def test_16bit_tiff_from_tifffile_read_exactly(tmp_path, shape, channels, option
     np.testing.assert_array_equal(image.pixels, unit(samples, 65535).reshape(image.pixels.shape))
 
 
+@pytest.mark.parametrize("bits", [10, 12])
+def test_packed_12bit_tiff_has_white_at_one(tmp_path, bits):
+    """A packed 12-bit (or 10-bit) TIFF as scanners and cameras write it: white is 2**bits - 1."""
+    top = 2**bits - 1
+    samples = RNG.integers(0, top + 1, (5, 7, 3), dtype=np.uint16)
+    samples.flat[:3] = [0, 1, top]
+    tifffile.imwrite(tmp_path / "p.tif", samples, photometric="rgb", bitspersample=bits)
+    with tifffile.TiffFile(tmp_path / "p.tif") as tif:  # the file really is packed, and decodes to the samples
+        assert tif.pages[0].bitspersample == bits
+        np.testing.assert_array_equal(tif.pages[0].asarray(), samples)
+    image = read_image(tmp_path / "p.tif")
+    assert (image.bit_depth, image.channels) == (16, "RGB")
+    assert image.pixels.flat[2] == 1.0
+    np.testing.assert_allclose(image.pixels, unit(samples, top), atol=0.51 / 65535 + 1e-7)
+
+
 def test_planar_and_grey_alpha_tiff(tmp_path):
     rgb = RNG.integers(0, 65536, (3, 4, 6), dtype=np.uint16)  # (S, Y, X): planar "separate"
     tifffile.imwrite(tmp_path / "p.tif", rgb, photometric="rgb", planarconfig="separate")
