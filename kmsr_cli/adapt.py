@@ -329,16 +329,13 @@ def _stage_kernels(photos: list[Path], work: Path, s: AdaptSettings, *, host, sa
     kernels = work / "kernels.h5"
     say(f"[1/5] blur kernels from {len(photos)} photos (x{s.scale}, {s.per_image} patches each) -> {kernels}")
     est_settings = Settings(scale=s.scale, patch=s.patch, per_image=s.per_image, seed=s.seed)
-    counts = {"planned": 0, "done": 0, "photos": 0}
+    photos_read = [0]
 
-    def on_progress(event: str, n: int = 0) -> None:
-        if event == "planned":
-            counts["planned"] += n
-        elif event == "photo":
-            counts["photos"] += 1
-        elif event == "kernel":
-            counts["done"] += 1
-            say(f"  kernel {counts['done']} of {counts['planned']} planned ({counts['photos']} of {len(photos)} photos read)")
+    def on_progress(event) -> None:
+        if event.stage == "estimate.photo":
+            photos_read[0] = event.done
+        elif event.stage == "estimate.kernel":
+            say(f"  kernel {event.done} of {event.total} planned ({photos_read[0]} of {len(photos)} photos read)")
 
     summary = run_estimate(host, photos, kernels, est_settings, device=s.device, warn=warn, progress=on_progress)
     if summary.kernels_total == 0:

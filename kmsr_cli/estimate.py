@@ -36,6 +36,7 @@ from kmsr_ops.resize import imresize
 
 from .atomic import OutputLock, sidecar_path
 from .kernelset import KernelSet, Provenance, path_bytes_hex, write_kernel_set
+from .progress import ProgressSink, emit
 
 # Smallest patch side (after upscaling) worth estimating a kernel from: below this a 25x25
 # kernel has too few edges around it for the estimate to mean anything.
@@ -628,8 +629,11 @@ def run_estimate(host, photos: list[Path], out: Path, settings: Settings, **kwar
     same settings and photos made it (its ``estimate_run`` attribute), else refused; ``append``
     adds this run's kernels to any kernel set of the scale and size; ``overwrite`` replaces it
     (and discards another run's ``OUT.partial/``).
-    ``progress(event, **info)`` is called with ``photo`` (after each photo), ``planned``
-    (number of new patches queued) and ``kernel`` (after each kernel).
+    ``progress`` is a :data:`kmsr_cli.progress.ProgressSink`; it gets ``ProgressEvent``s of stage
+    ``estimate.photo`` (after each photo: ``done`` of ``total`` photos of this shard),
+    ``estimate.planned`` (a photo's new patches are queued: ``done`` kernels of ``total`` planned
+    so far, ``data`` how many this photo added) and ``estimate.kernel`` (after each kernel: ``done``
+    of ``total`` planned so far).
 
     In this process (no ``workers`` > 1 on the CPU, no ``dask``), an estimator with
     ``estimate_batch`` gets a photo's new patches as one stack (``rng`` seeded as the first
@@ -652,7 +656,7 @@ def _run_estimate_locked(
     device: str = "cpu",
     workers: int = 1,
     shard: tuple[int, int] = (0, 1),
-    progress: Callable[..., None] | None = None,
+    progress: ProgressSink | None = None,
     warn: Callable[[str], None] | None = None,
     existing: str = "resume",
     dask: str | None = None,
@@ -675,8 +679,7 @@ def _run_estimate_locked(
     done = store.done_keys() | _units_of(old_prov)
 
     pool, window = _start_pool(settings, opts, device, workers, dask)
-    run = _PatchRun(settings, est, est_params, store, summary, pool, window,
-                    progress or (lambda *a, **k: None), warn or (lambda msg: None))
+    run = _PatchRun(settings, est, est_params, store, summary, pool, window, progress, warn or (lambda msg: None))
     try:
         for photo in mine:
             run.photo(photo, done)
@@ -757,10 +760,11 @@ class _PatchRun:
     """The patches of one run: planned per photo, estimated here or in a pool, saved as they finish."""
 
     def __init__(self, settings: Settings, est, est_params: dict, store: PartialStore, summary: EstimateSummary,
-                 pool, window: int, progress: Callable[..., None], warn: Callable[[str], None]):
+                 pool, window: int, progress: ProgressSink | None, warn: Callable[[str], None]):
         self.settings, self.est, self.est_params = settings, est, est_params
         self.store, self.summary, self.pool, self.window = store, summary, pool, window
-        self.progress, self.warn = progress, warn
+        self.sink, self.warn = progress, warn
+        self.counts = {"photos": 0, "planned": 0, "kernels": 0}
         self.batched = pool is None and callable(getattr(est, "estimate_batch", None))
         self.in_flight: dict[cf.Future, tuple[Unit, dict]] = {}
 
@@ -772,7 +776,7 @@ class _PatchRun:
         except (ImageReadError, OSError) as exc:
             summary.photos_skipped.append({"photo": str(photo), "reason": str(exc), "kind": "unreadable"})
             self.warn(f"skipping {photo}: {exc}")
-            self.progress("photo")
+            self.photo_done()
             return
         planned, rejected, reason = plan_patches(grey, sha, str(photo), settings, self.est_params)
         summary.patches_rejected += rejected
@@ -781,7 +785,8 @@ class _PatchRun:
             self.warn(f"skipping {photo}: {reason}")
         todo = [(u, p) for u, p in planned if u.key not in done]
         summary.kernels_resumed += len(planned) - len(todo)
-        self.progress("planned", n=len(todo))
+        self.counts["planned"] += len(todo)
+        emit(self.sink, "estimate.planned", done=self.counts["kernels"], total=self.counts["planned"], data=len(todo))
         jobs = [(unit, patch, _unit_provenance(photo, unit, sha, settings, self.est_params)) for unit, patch in todo]
         if self.pool is not None:
             for unit, patch, prov in jobs:
@@ -793,7 +798,11 @@ class _PatchRun:
         else:
             for unit, patch, prov in jobs:
                 self.estimate_one(photo, unit, patch, prov)
-        self.progress("photo")
+        self.photo_done()
+
+    def photo_done(self) -> None:
+        self.counts["photos"] += 1
+        emit(self.sink, "estimate.photo", done=self.counts["photos"], total=self.summary.photos_in_shard)
 
     def estimate_one(self, photo: Path, unit: Unit, patch: np.ndarray, prov: dict) -> None:
         k = self.settings.kernel_size
@@ -836,7 +845,8 @@ class _PatchRun:
         kernel /= kernel.sum()
         self.store.save(unit, kernel, prov)
         self.summary.kernels_written += 1
-        self.progress("kernel")
+        self.counts["kernels"] += 1
+        emit(self.sink, "estimate.kernel", done=self.counts["kernels"], total=self.counts["planned"])
 
     def drain(self, block_until: int) -> None:
         """Wait until at most ``block_until`` patches are in flight, saving those that finish."""

@@ -71,8 +71,8 @@ def test_killed_client_reruns_only_what_is_missing(photos, local, tmp_path, clus
     out = tmp_path / "r.h5"
     seen = []
 
-    def stop_after_one(event, n=0):
-        if event == "kernel":
+    def stop_after_one(event):
+        if event.stage == "estimate.kernel":
             seen.append(1)
             if len(seen) == 1:
                 raise KeyboardInterrupt  # the client dies after its first result is stored
@@ -90,8 +90,8 @@ def test_a_worker_killed_mid_run_is_replaced(photos, local, tmp_path, cluster):
     pids = client.run(os.getpid)  # worker address -> process id
     killed = []
 
-    def kill_one(event, n=0):
-        if event == "kernel" and not killed:  # three patches still to do: kill a worker holding one
+    def kill_one(event):
+        if event.stage == "estimate.kernel" and not killed:  # three patches still to do: kill a worker holding one
             busy = [w for w, tasks in client.processing().items() if tasks]
             assert busy, "no worker was processing a patch"
             os.kill(pids[busy[0]], signal.SIGKILL)

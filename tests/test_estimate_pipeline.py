@@ -124,6 +124,21 @@ def test_texture_criterion_rejects_sky_but_the_papers_accepts_it(tmp_path):
     assert all(patch_is_textured(p, "paper") for p in (textured, flat[:256, :256], wall))
 
 
+@pytest.mark.parametrize("estimator", ["moment", "moment-batch"])
+def test_progress_events_count_photos_and_kernels(batch_host, photos, tmp_path, estimator):
+    """run_estimate reports through the one progress protocol: per photo, per plan, per kernel,
+    each count ending at what the output file holds (3 photos x 3 patches)."""
+    events = []
+    run_estimate(batch_host, discover_photos([str(photos)]), tmp_path / "k.h5", _settings(estimator=estimator), progress=events.append)
+    with KernelSet(tmp_path / "k.h5") as ks:
+        n = len(ks)
+    by = {st: [e for e in events if e.stage == st] for st in ("estimate.photo", "estimate.planned", "estimate.kernel")}
+    assert [(e.done, e.total) for e in by["estimate.photo"]] == [(1, 3), (2, 3), (3, 3)]
+    assert [e.data for e in by["estimate.planned"]] == [3, 3, 3] and by["estimate.planned"][-1].total == n == 9
+    assert [e.done for e in by["estimate.kernel"]] == list(range(1, n + 1))
+    assert all(e.done <= e.total for e in by["estimate.kernel"]) and by["estimate.kernel"][-1].total == n
+
+
 def test_run_writes_kernels_with_provenance(host, photos, tmp_path):
     out = tmp_path / "k.h5"
     s = run_estimate(host, discover_photos([str(photos)]), out, _settings())

@@ -111,17 +111,15 @@ def _progress_callbacks(prog, photos_in_shard: int):
     started = time.perf_counter()
     t_photos = prog.add_task("photos", total=photos_in_shard, rate="")
     t_kernels = prog.add_task("kernels", total=0, rate="")
-    counts = {"kernels": 0}
 
-    def on_progress(event, n=0):
-        if event == "photo":
-            prog.advance(t_photos)
-        elif event == "planned":
-            prog.update(t_kernels, total=(prog.tasks[t_kernels].total or 0) + n)
-        elif event == "kernel":
-            counts["kernels"] += 1
-            rate = counts["kernels"] / max(time.perf_counter() - started, 1e-9)
-            prog.update(t_kernels, advance=1, rate=f"{rate:.2f} kernels/s")
+    def on_progress(event):
+        if event.stage == "estimate.photo":
+            prog.update(t_photos, completed=event.done)
+        elif event.stage == "estimate.planned":
+            prog.update(t_kernels, total=event.total)
+        elif event.stage == "estimate.kernel":
+            rate = event.done / max(time.perf_counter() - started, 1e-9)
+            prog.update(t_kernels, completed=event.done, rate=f"{rate:.2f} kernels/s")
 
     def on_warn(msg):
         # One line each, never wrapped inside a path: warnings name files.
