@@ -45,6 +45,8 @@ from kmsr_ops.colour import rgb2ycbcr, ycbcr2rgb
 from kmsr_ops.errors import KmsrError, KmsrInputError
 from kmsr_ops.resize import imresize
 
+from .progress import ProgressSink, emit
+
 
 class UnusableImageError(KmsrInputError):
     """The image itself cannot be super-resolved (too small, odd channel count): a per-file
@@ -376,6 +378,7 @@ def super_resolve(
     on_tile: Callable[[int, int], None] | None = None,
     fast: bool | None = None,
     ensemble: bool = False,
+    progress: ProgressSink | None = None,
 ) -> np.ndarray:
     """Super-resolve one image (H, W, C) float in [0, 1]; returns (sH, sW, C) uint8/uint16.
 
@@ -385,6 +388,9 @@ def super_resolve(
     Grey images come back grey, RGBA keeps its alpha (upscaled bicubically). ``fast`` (default:
     on for the CPU unless ``KMSR_SR_FAST=0``) runs the network on the fastest CPU path that
     matches eager (see the module docstring).
+
+    ``progress`` gets a ``ProgressEvent`` of stage ``sr.tile`` (``done`` of ``total`` tiles) after
+    each tile; ``on_tile(done, total)`` is the older keyword for the same.
     """
     if overlap < 0:
         raise KmsrInputError(f"tile-overlap: expected >= 0, found {overlap}")
@@ -422,6 +428,7 @@ def super_resolve(
         if alpha is not None:
             a = _bicubic_region(alpha[..., None], s, t.y0, t.y1, t.x0, t.x1)[..., 0]
             out[t.y0 : t.y1, t.x0 : t.x1, out_c] = np.rint(np.clip(a, 0, 1) * maxval)
+        emit(progress, "sr.tile", done=n + 1, total=len(tiles))
         if on_tile:
             on_tile(n + 1, len(tiles))
     return out

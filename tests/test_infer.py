@@ -99,6 +99,17 @@ def test_grey_and_rgba_inputs():
     np.testing.assert_array_equal(out[..., 3], want_alpha)
 
 
+def test_progress_reports_every_tile():
+    """``progress`` gets one sr.tile event per tile (74 x 90 output in 24-px tiles: 4 x 4), and the
+    older ``on_tile`` keyword the same counts."""
+    model = SRModel(_convnet(3, 3, layers=2), scale=2, input="upsampled", channels="rgb", receptive_field=5)
+    events, old = [], []
+    super_resolve(model, _image(37, 45, 3), tile=24, overlap=4, progress=events.append,
+                  on_tile=lambda k, n: old.append((k, n)))
+    assert [(e.stage, e.done, e.total) for e in events] == [("sr.tile", k, 16) for k in range(1, 17)]
+    assert old == [(k, 16) for k in range(1, 17)]
+
+
 def test_plan_tiles_cover_exactly_once():
     cover = np.zeros((70, 53), int)
     for t in plan_tiles(70, 53, 16):

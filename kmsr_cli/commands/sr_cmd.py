@@ -167,7 +167,7 @@ def _run_all(srm, items: list[str], targets: dict[str, str], run: dict, *, quiet
                 img = read_image(inp)
                 prog.reset(t_tiles, total=1)
                 pixels = super_resolve(srm, img.pixels, bit_depth=img.bit_depth, **run,
-                                       on_tile=lambda k, n: prog.update(t_tiles, completed=k, total=n))
+                                       progress=lambda e: prog.update(t_tiles, completed=e.done, total=e.total))
                 target = targets[inp]
                 if target != "-":
                     Path(target).parent.mkdir(parents=True, exist_ok=True)
