@@ -42,6 +42,7 @@ from kmsr_ops.errors import KmsrError, KmsrInputError
 from kmsr_ops.files import file_sha256
 
 from .atomic import OutputLock, replace_atomically
+from .progress import ProgressSink, message_logger
 
 GAN_MIN_KERNELS = 100
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -232,13 +233,16 @@ def write_report(folder: Path, *, photos: list[Path], base_spec: str, model_path
 
 
 def run_adapt(photos: list[Path], out: Path, settings: AdaptSettings, *, host, say: Callable[[str], None] | None = None,
-              warn: Callable[[str], None] | None = None) -> AdaptResult:
-    """All the stages; each one done already (its artefact in the work folder) is skipped."""
+              warn: Callable[[str], None] | None = None, progress: ProgressSink | None = None) -> AdaptResult:
+    """All the stages; each one done already (its artefact in the work folder) is skipped.
+
+    ``progress`` gets every log line as a ``ProgressEvent`` of stage ``adapt.log`` (``message``)
+    and every warning as ``adapt.warning``; ``say``/``warn`` are the older keywords for the same."""
     from .checkpoint import read_model_meta
     from .models import shipped_model_path
 
-    say = say or (lambda msg: None)
-    warn = warn or say
+    say = message_logger("adapt.log", progress, say)
+    warn = message_logger("adapt.warning", progress, warn) if (warn is not None or progress is not None) else say
     t0 = time.perf_counter()
     s = settings
     if s.minutes <= 0 and s.steps is None:

@@ -29,6 +29,7 @@ import numpy as np
 from kmsr_ops.errors import KmsrError
 
 from .models import shipped_model_path
+from .progress import ProgressSink, message_logger
 from .report import labelled_strip
 from .sample_data import export_cc0, load_cc0
 
@@ -64,10 +65,13 @@ def _run(args: list[str], say: Callable[[str], None], *, capture_json: bool = Fa
     return None
 
 
-def run_demo(out: Path, *, quick: bool, device: str, seed: int, say: Callable[[str], None]) -> DemoResult:
+def run_demo(out: Path, *, quick: bool, device: str, seed: int, say: Callable[[str], None] | None = None,
+             progress: ProgressSink | None = None) -> DemoResult:
+    """The demo's four stages into ``out``; every log line (a stage heading, a ``$ kmsr ...``
+    command, its output) goes to ``progress`` as a ``demo.log`` event and to the older ``say``."""
     t0 = time.perf_counter()
     commands: list[str] = []
-    user_say = say
+    user_say = message_logger("demo.log", progress, say)
 
     def say(msg: str) -> None:  # the commands are kept for the report
         if msg.startswith("$ "):

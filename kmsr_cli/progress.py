@@ -4,7 +4,7 @@ A long entry point (``run_quality``, ``run_real``, ``run_training``, ``train_gan
 ``progress(ProgressEvent(...))`` as it goes and never prints; the command decides what to show
 (a bar, a line per set, nothing under ``--json``). ``stage`` names what the event is about
 (``"bench.model"``, ``"bench.set"``, ``"train.step"``, ``"train.epoch"``, ``"gan.iteration"``,
-...); ``done``/``total`` count it where that makes sense; ``message`` is a finished sentence for a
+``"adapt.log"``, ...); ``done``/``total`` count it where that makes sense; ``message`` is a finished sentence for a
 log; ``data`` carries the stage's figures (a summary, a step's loss) for a sink that wants them.
 """
 
@@ -61,3 +61,15 @@ def on_stage(stage: str, callback: Callable[[ProgressEvent], None] | None) -> Pr
             callback(event)
 
     return sink
+
+
+def message_logger(stage: str, sink: ProgressSink | None, legacy: Callable[[str], None] | None = None) -> Callable[[str], None]:
+    """A ``say(message)`` for a stage-by-stage entry point (``adapt``, ``demo``): each line goes to
+    ``sink`` as a ``ProgressEvent(stage, message=line)`` and to the older ``say=`` callback."""
+
+    def say(message: str) -> None:
+        emit(sink, stage, message=message)
+        if legacy is not None:
+            legacy(message)
+
+    return say

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kmsr_cli.bench import bench_progress
-from kmsr_cli.progress import ProgressEvent, emit, fan_out, on_stage
+from kmsr_cli.progress import ProgressEvent, emit, fan_out, message_logger, on_stage
 
 
 def test_emit_fan_out_and_stage_filter():
@@ -23,3 +23,13 @@ def test_the_old_bench_callbacks_get_the_same_events():
     emit(sink, "bench.model", done=1, total=1)
     emit(sink, "bench.set", data={"scale": 2, "set": "bicubic", "summary": []})
     assert steps == [1] and sets == [(2, "bicubic", [])]
+
+
+def test_message_logger_sends_each_line_as_an_event_and_to_the_old_say():
+    events, lines = [], []
+    say = message_logger("adapt.log", events.append, lines.append)
+    say("[1/5] blur kernels")
+    say("  12 kernels")
+    assert events == [ProgressEvent("adapt.log", message="[1/5] blur kernels"), ProgressEvent("adapt.log", message="  12 kernels")]
+    assert lines == ["[1/5] blur kernels", "  12 kernels"]
+    message_logger("demo.log", None, None)("nothing listens")  # neither: nothing happens

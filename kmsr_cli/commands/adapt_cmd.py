@@ -59,13 +59,14 @@ def adapt(
                              per_image=per_image, gan_iters=gan_iters, train_patch=train_patch, batch=batch,
                              steps=steps, seed=seed, device=dev, amp=amp, noise_model=noise_model)
 
-    def say(msg: str) -> None:
-        err.print(f"[bold cyan]{escape(msg)}[/]" if msg.startswith("[") else f"[dim]{escape(msg)}[/]", highlight=False)
+    def say(event) -> None:  # the library's log lines, as progress events
+        msg = event.message
+        if event.stage.endswith(".warning"):
+            err.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False)
+        else:
+            err.print(f"[bold cyan]{escape(msg)}[/]" if msg.startswith("[") else f"[dim]{escape(msg)}[/]", highlight=False)
 
-    def warn(msg: str) -> None:
-        err.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False)
-
-    res = run_adapt(files, out, settings, host=get_host(), say=say, warn=warn)
+    res = run_adapt(files, out, settings, host=get_host(), progress=say)
     if json:
         emit_json(res.__dict__)
         return

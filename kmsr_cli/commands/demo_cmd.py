@@ -36,10 +36,14 @@ def demo(
     check_output_folder(out, "-o")
     dev = resolve_device(device)
 
-    def say(msg: str) -> None:
-        err.print(f"[bold cyan]{escape(msg)}[/]" if msg.startswith("[") else f"[dim]{escape(msg)}[/]", highlight=False)
+    def say(event) -> None:  # the library's log lines, as progress events
+        msg = event.message
+        if event.stage.endswith(".warning"):
+            err.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False)
+        else:
+            err.print(f"[bold cyan]{escape(msg)}[/]" if msg.startswith("[") else f"[dim]{escape(msg)}[/]", highlight=False)
 
-    res = run_demo(out, quick=quick, device=dev, seed=seed, say=say)
+    res = run_demo(out, quick=quick, device=dev, seed=seed, progress=say)
     if json:
         emit_json({"out": res.out, "outputs": res.outputs, "psnr": res.table, "seconds": res.seconds})
         return
