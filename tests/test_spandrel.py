@@ -258,6 +258,36 @@ def test_wrong_scale_is_refused_before_anything_is_written(models, capsys, tmp_p
     assert "x4" in _one_error_line(err)
 
 
+@needs_spandrel
+def test_an_inpainting_model_is_refused_with_one_line(capsys, tmp_path):
+    """LaMa (spandrel's MaskedImageModelDescriptor: it needs a mask) is not an SR model."""
+    import torch
+    from spandrel.architectures.LaMa import LaMa
+
+    torch.save(LaMa(in_nc=4, out_nc=3).state_dict(), tmp_path / "lama.pth")
+    out = tmp_path / "o.png"
+    code, _, err = cli_in_process(capsys, "sr", _png(tmp_path / "in.png", _lr(16, 16)), "-o", out,
+                                  "--model", f"spandrel:{tmp_path / 'lama.pth'}", "--scale", "2")
+    assert code == 1 and not out.exists()
+    line = _one_error_line(err)
+    assert "LaMa Inpainting model (it needs a mask as well as the image)" in line and "image-to-image models only" in line
+
+
+@needs_spandrel
+def test_float16_is_refused_where_spandrel_says_the_model_does_not_support_it(models):
+    """SwinIR's descriptor says no float16 (spandrel's supports_half); the network is never run in it.
+    (On the CPU, ``kmsr sr --half`` is refused before this: --half runs on CUDA only.)"""
+    import torch
+
+    swinir = resolve_model(f"spandrel:{models['swinir'][0]}", scale=2)
+    assert swinir.meta["spandrel"]["supports_half"] is False
+    with pytest.raises(CliError, match="does not run in float16") as info:
+        swinir.module(torch.zeros(1, 3, 16, 16, dtype=torch.float16))
+    assert info.value.hint == "drop --half"
+    rrdb = resolve_model(f"spandrel:{models['rrdb'][0]}", scale=4)
+    assert rrdb.meta["spandrel"]["supports_half"] is True
+
+
 class _Payload:
     """Unpickling this runs ``open(marker, "w")``: the code a malicious .pth would run."""
 
