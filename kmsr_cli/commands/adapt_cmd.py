@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from ..console import emit_json, err
 from ..options import DeviceOpt, JsonOpt, SeedOpt
+from .render import print_log_event
 
 
 def adapt(
@@ -59,14 +60,7 @@ def adapt(
                              per_image=per_image, gan_iters=gan_iters, train_patch=train_patch, batch=batch,
                              steps=steps, seed=seed, device=dev, amp=amp, noise_model=noise_model)
 
-    def say(event) -> None:  # the library's log lines, as progress events
-        msg = event.message
-        if event.stage.endswith(".warning"):
-            err.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False)
-        else:
-            err.print(f"[bold cyan]{escape(msg)}[/]" if msg.startswith("[") else f"[dim]{escape(msg)}[/]", highlight=False)
-
-    res = run_adapt(files, out, settings, host=get_host(), progress=say)
+    res = run_adapt(files, out, settings, host=get_host(), progress=print_log_event)
     if json:
         emit_json(res.__dict__)
         return

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..console import emit_json, err
 from ..options import DeviceOpt, JsonOpt, SeedOpt
+from .render import print_log_event
 
 
 def demo(
@@ -36,14 +37,7 @@ def demo(
     check_output_folder(out, "-o")
     dev = resolve_device(device)
 
-    def say(event) -> None:  # the library's log lines, as progress events
-        msg = event.message
-        if event.stage.endswith(".warning"):
-            err.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False)
-        else:
-            err.print(f"[bold cyan]{escape(msg)}[/]" if msg.startswith("[") else f"[dim]{escape(msg)}[/]", highlight=False)
-
-    res = run_demo(out, quick=quick, device=dev, seed=seed, progress=say)
+    res = run_demo(out, quick=quick, device=dev, seed=seed, progress=print_log_event)
     if json:
         emit_json({"out": res.out, "outputs": res.outputs, "psnr": res.table, "seconds": res.seconds})
         return

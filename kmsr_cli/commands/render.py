@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 
 from ..bench_ops import _number
+from ..progress import ProgressEvent
 
 
 def _columns(summary: list[dict]) -> list[tuple[int, str]]:
@@ -127,3 +128,17 @@ def ops_table(report: dict):
             table.add_row(escape(b["name"]), escape(r["name"]), _fmt(r["baseline"]), _fmt(r["ours"]), escape(r["unit"]),
                           f"{r['ratio']:.2f}")
     return table
+
+
+def print_log_event(event: ProgressEvent) -> None:
+    """A stage-by-stage entry point's log line (``adapt.log``, ``demo.log``) on stderr: stage
+    headings (``[1/5] ...``) bold, the rest dim, ``*.warning`` events as warnings."""
+    from rich.markup import escape
+
+    from ..console import err
+
+    msg = event.message or ""
+    if event.stage.endswith(".warning"):
+        err.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False)
+    else:
+        err.print(f"[bold cyan]{escape(msg)}[/]" if msg.startswith("[") else f"[dim]{escape(msg)}[/]", highlight=False)
