@@ -19,8 +19,8 @@ else scikit-image's sample photos), greyscale, upscaled x2 with MATLAB bicubic (
     python benchmarks/estimate_speed.py --schedule fast --against-schedule reference --baseline-patches 0
 
 ``--against-schedule S`` also times our backend with schedule ``S`` on the same patches in the same
-run (``schedule_ratio`` = its seconds per patch / the ``--schedule`` one's): the ratio between the
-previous default schedule (``reference``) and the new one (``fast``).
+run (``schedule_ratio`` = its seconds per patch / the ``--schedule`` one's), e.g. the default
+``reference`` schedule against ``fast``.
 """
 
 from __future__ import annotations

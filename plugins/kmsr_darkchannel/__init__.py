@@ -34,7 +34,7 @@ class DarkChannelEstimator:
     :param device: ``cpu`` (default), ``cuda``/``cuda:N`` (CuPy), or ``auto`` (CUDA when CuPy
         sees a device and ``KMSR_FORCE_CPU`` is unset).
     :param schedule: ``reference`` (the reference code's continuation schedule) or ``fast``
-        (fewer continuation rounds: 4.6x faster, as accurate on the Levin images it was chosen on,
+        (fewer continuation rounds: 4.6x faster, more accurate on the Levin images it was chosen on,
         but 0.13 lower mean similarity on held-out photos and kernels; see
         benchmarks/results/estimate.md and benchmarks/estimate_heldout.py).
     :param backend: ``numba`` (CPU default), ``reference`` (plain NumPy/SciPy float64, slow; the
