@@ -24,6 +24,7 @@ default of ``kmsr estimate`` if its mean similarity over all cases is at least `
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -48,19 +49,27 @@ NOISE = 0.01
 CROP = 512
 
 
+@functools.cache
+def _kernel_file(path: Path) -> np.ndarray:
+    return np.load(path)
+
+
 def kernels(kind: str, i: int) -> np.ndarray:
     if kind == "levin":
-        return np.load(DATA / "kernels" / "levin09" / f"levin09_kernel{i % 8 + 1}.npy")
-    return np.load(DATA / "kernels" / "div2krk" / "div2krk_gt_k_x4.npy")[i]
+        return _kernel_file(DATA / "kernels" / "levin09" / f"levin09_kernel{i % 8 + 1}.npy")
+    return _kernel_file(DATA / "kernels" / "div2krk" / "div2krk_gt_k_x4.npy")[i]
+
+
+@functools.cache
+def kodak() -> list[Path]:
+    return sorted((DATA / "sr" / "Kodak24").glob("*.png"))
 
 
 def blurred_case(path: Path, kernel: np.ndarray, seed: int) -> np.ndarray:
     """The centre (at most) CROP x CROP luma of a photo, blurred (valid), noisy and quantised to 8 bits."""
     from scipy.signal import fftconvolve
 
-    rgb = read_image_array(path, channels="RGB").astype(np.float64)
-    rgb = rgb / 255.0 if rgb.max() > 1.0 else rgb
-    grey = rgb @ np.array([0.299, 0.587, 0.114])
+    grey = read_image_array(path, channels="L")[..., 0].astype(np.float64)  # BT.601 luma in [0, 1]
     h, w = min(CROP, grey.shape[0]), min(CROP, grey.shape[1])
     y0, x0 = (grey.shape[0] - h) // 2, (grey.shape[1] - w) // 2
     sharp = grey[y0 : y0 + h, x0 : x0 + w]
@@ -80,8 +89,7 @@ def _init(schedule_options: dict) -> None:
 
 def _run(case: tuple[str, int, str]) -> tuple[tuple[str, int, str], np.ndarray, float]:
     kind, i, schedule = case
-    path = sorted((DATA / "sr" / "Kodak24").glob("*.png"))[i]
-    img = blurred_case(path, kernels(kind, i), seed=1000 * (kind == "div2krk") + i)
+    img = blurred_case(kodak()[i], kernels(kind, i), seed=1000 * (kind == "div2krk") + i)
     t0 = time.process_time()
     est = _ESTS[schedule].estimate(img, kernel_size=KERNEL_SIZE)
     return case, est, time.process_time() - t0

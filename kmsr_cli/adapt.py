@@ -241,8 +241,8 @@ def run_adapt(photos: list[Path], out: Path, settings: AdaptSettings, *, host, s
     from .checkpoint import read_model_meta
     from .models import shipped_model_path
 
+    warn = message_logger("adapt.warning", progress, warn or say)  # without warn=, warnings go to say as before
     say = message_logger("adapt.log", progress, say)
-    warn = message_logger("adapt.warning", progress, warn) if (warn is not None or progress is not None) else say
     t0 = time.perf_counter()
     s = settings
     if s.minutes <= 0 and s.steps is None:

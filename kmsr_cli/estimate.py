@@ -399,16 +399,11 @@ def keep_large_blocks_in_heap() -> bool:
     measured by ``benchmarks/estimate_scaling.py``). Setting them here fixes it on any cluster,
     including one whose workers kmsr did not start. Returns whether it was applied."""
     import ctypes
-    import ctypes.util
+    import platform
 
-    if not sys.platform.startswith("linux"):
-        return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    libc = ctypes.CDLL(name)
-    if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
-        return False  # not glibc (musl has no such tunable)
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False  # macOS, Windows, musl: no such tunables
+    libc = ctypes.CDLL(None)  # this process's own symbols, glibc's among them
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD))
 
 
@@ -764,7 +759,7 @@ class _PatchRun:
         self.settings, self.est, self.est_params = settings, est, est_params
         self.store, self.summary, self.pool, self.window = store, summary, pool, window
         self.sink, self.warn = progress, warn
-        self.counts = {"photos": 0, "planned": 0, "kernels": 0}
+        self.counts = {"photos": 0, "planned": 0}
         self.batched = pool is None and callable(getattr(est, "estimate_batch", None))
         self.in_flight: dict[cf.Future, tuple[Unit, dict]] = {}
 
@@ -786,7 +781,7 @@ class _PatchRun:
         todo = [(u, p) for u, p in planned if u.key not in done]
         summary.kernels_resumed += len(planned) - len(todo)
         self.counts["planned"] += len(todo)
-        emit(self.sink, "estimate.planned", done=self.counts["kernels"], total=self.counts["planned"], data=len(todo))
+        emit(self.sink, "estimate.planned", done=self.summary.kernels_written, total=self.counts["planned"], data=len(todo))
         jobs = [(unit, patch, _unit_provenance(photo, unit, sha, settings, self.est_params)) for unit, patch in todo]
         if self.pool is not None:
             for unit, patch, prov in jobs:
@@ -845,8 +840,7 @@ class _PatchRun:
         kernel /= kernel.sum()
         self.store.save(unit, kernel, prov)
         self.summary.kernels_written += 1
-        self.counts["kernels"] += 1
-        emit(self.sink, "estimate.kernel", done=self.counts["kernels"], total=self.counts["planned"])
+        emit(self.sink, "estimate.kernel", done=self.summary.kernels_written, total=self.counts["planned"])
 
     def drain(self, block_until: int) -> None:
         """Wait until at most ``block_until`` patches are in flight, saving those that finish."""
