@@ -109,7 +109,8 @@ def run_dataset(name: str, kernels: np.ndarray, scale: int, args, folder: Path, 
     ckpt = folder / f"{name}.safetensors"
     host = get_host()
     settings = {"width_mult": args.width_mult, "lr": args.lr, "critic_steps": args.critic_steps,
-                "batch": args.batch, "seed": train_seed, "augment": args.augment}
+                "batch": args.batch, "seed": train_seed, "augment": args.augment,
+                "lr_decay": args.lr_decay}
     if ckpt.exists():  # a fresh run each time (several seeds / thread counts share the folder)
         ckpt.unlink()
         Path(str(ckpt) + ".state.pt").unlink(missing_ok=True)
@@ -204,6 +205,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=1500, help="generator iterations per dataset")
     ap.add_argument("--width-mult", type=float, default=1 / 16, help="channel multiplier (1.0 = the paper's network)")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr-decay", choices=("none", "linear"), default="none",
+                    help="kmsr gan train --lr-decay: constant, or falling linearly to 0 at --iters")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--critic-steps", type=int, default=5)
     ap.add_argument("--augment", action="store_true")

@@ -44,6 +44,7 @@ from .plugin_host import PluginHost
 from .progress import ProgressSink, emit, fan_out, on_stage
 
 LOSSES = ("gp", "clip")
+LR_DECAYS = ("none", "linear")
 DEFAULT_LR = {"gp": 1e-4, "clip": 5e-5}
 ADAM_BETAS = (0.5, 0.999)
 STATE_FORMAT = "kmsr-gan-state"
@@ -67,10 +68,15 @@ class TrainSettings:
     output: str = "relu"
     seed: int = 0
     generator: str = "wgan-gp"
+    # "linear": both learning rates fall linearly from lr to 0 over the run's --iters (as in the
+    # WGAN-GP paper's code), so the last iterations refine instead of drifting.
+    lr_decay: str = "none"
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise KmsrInputError(f"loss: expected one of {', '.join(LOSSES)}, found {self.loss!r}")
+        if self.lr_decay not in LR_DECAYS:
+            raise KmsrInputError(f"lr_decay: expected one of {', '.join(LR_DECAYS)}, found {self.lr_decay!r}")
         if self.lr is None:
             self.lr = DEFAULT_LR[self.loss]
         for name in ("batch", "critic_steps"):
@@ -191,7 +197,7 @@ class IterationStats:
 class GanTrainer:
     """One training run: networks, optimisers, data on the device and the run's RNG."""
 
-    def __init__(self, gan, data: TrainingData, settings: TrainSettings, device: str):
+    def __init__(self, gan, data: TrainingData, settings: TrainSettings, device: str, *, total_iters: int | None = None):
         import torch
 
         self.torch = torch
@@ -214,6 +220,14 @@ class GanTrainer:
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(int(settings.seed))
         self.iteration = 0
+        self.total_iters = total_iters  # the length the "linear" decay spans
+
+    def learning_rate(self) -> float:
+        """The learning rate of the next iteration under the run's decay."""
+        s = self.settings
+        if s.lr_decay == "linear" and self.total_iters:
+            return float(s.lr) * max(0.0, 1.0 - self.iteration / self.total_iters)
+        return float(s.lr)
 
     def _z(self, b: int):
         return self.torch.randn(b, self.gan.latent_dim, generator=self.gen, device=self.device)
@@ -258,6 +272,10 @@ class GanTrainer:
         return float(loss.detach())
 
     def step(self) -> IterationStats:
+        lr = self.learning_rate()
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
         for _ in range(self.settings.critic_steps):
             c_loss, w, penalty = self.critic_step()
         g_loss = self.generator_step()
@@ -388,7 +406,7 @@ def train_gan(
     backend = _trainable_backend(host, settings, iters, sample_every, samples_png)
     gan, train_settings, state = _open_gan(backend, out, settings, device, resume)
     data = _training_data(paths, gan, state, out, train_settings, log)
-    trainer = GanTrainer(gan, data, train_settings, device)
+    trainer = GanTrainer(gan, data, train_settings, device, total_iters=iters)
     start = _resume_trainer(trainer, state, out, log)
     kmsr_meta = {"training_sets": json.dumps(data.paths)}
     watch, watch_every = _collapse_watch(iters, watch_every, data, train_settings, gan, start)

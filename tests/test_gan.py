@@ -442,3 +442,56 @@ def test_cli_bad_training_set(run_kmsr, tmp_path):
     assert proc.returncode == 1
     assert f"{bad}: kernels[3]: expected finite" in proc.stderr and "Traceback" not in proc.stderr
     assert folder_names(tmp_path) == ["nan.h5"]
+
+
+def test_linear_lr_decay_follows_its_schedule_and_resumes_exactly(host, tmp_path, write_set):
+    """--lr-decay linear: iteration i (0-based) steps with lr * (1 - i / iters), both networks;
+    a run killed halfway and resumed with the same --iters ends with the same weights."""
+    data, _ = gaussian_set(tmp_path / "g.h5", write_set, n=64)
+    settings = tiny_settings(lr_decay="linear", lr=1e-3)
+    seen = []
+
+    def record(event):
+        if event.stage == "gan.iteration":
+            seen.append(event.data.iteration)
+
+    import kmsr_cli.gan as gan_mod
+
+    lrs = []
+    real_step = gan_mod.GanTrainer.step
+
+    def spy(self):
+        out = real_step(self)
+        lrs.append((self.opt_g.param_groups[0]["lr"], self.opt_d.param_groups[0]["lr"]))
+        return out
+
+    gan_mod.GanTrainer.step = spy
+    try:
+        straight = tmp_path / "straight.safetensors"
+        train_gan(host, [data], straight, iters=6, settings=settings, device="cpu", progress=record)
+    finally:
+        gan_mod.GanTrainer.step = real_step
+    assert seen == [1, 2, 3, 4, 5, 6]
+    for i, (g, d) in enumerate(lrs):
+        assert g == pytest.approx(1e-3 * (6 - i) / 6, rel=1e-12) and d == g
+
+    split = tmp_path / "split.safetensors"
+
+    def kill_at_3(event):
+        if event.stage == "gan.iteration" and event.done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_gan(host, [data], split, iters=6, settings=settings, device="cpu", progress=kill_at_3)
+    resumed = train_gan(host, [data], split, iters=6, settings={}, device="cpu", resume=True)
+    assert resumed["start_iteration"] == 3 and resumed["settings"]["lr_decay"] == "linear"
+    a, b = load_file(str(straight)), load_file(str(split))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_lr_decay_rejects_unknown_schedules(host, tmp_path, write_set):
+    data, _ = gaussian_set(tmp_path / "g.h5", write_set, n=40)
+    with pytest.raises(KmsrInputError, match="lr_decay: expected one of none, linear, found 'cosine'"):
+        train_gan(host, [data], tmp_path / "x.safetensors", iters=2, settings=tiny_settings(lr_decay="cosine"),
+                  device="cpu")

@@ -58,6 +58,11 @@ _KernelOutput = Annotated[
     str | None,
     typer.Option("--kernel-output", help="How G's last map becomes a kernel: relu then / sum [default]; clip to [0,1] then / sum (the release); softmax."),
 ]
+_LrDecay = Annotated[
+    str | None,
+    typer.Option("--lr-decay", help="Learning-rate schedule: none (constant) or linear (from --lr down to 0 at "
+                 "--iters, so the last iterations refine rather than drift) [default: none]."),
+]
 _CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", help="Save every N iterations (0: only at the end).", min=0)]
 _WatchEvery = Annotated[
     int | None,
@@ -84,6 +89,7 @@ def train(
     loss: _Loss = None,
     critic_steps: _CriticSteps = None,
     lr: _Lr = None,
+    lr_decay: _LrDecay = None,
     gp_lambda: _GpLambda = None,
     clip_value: _ClipValue = None,
     augment: _Augment = None,
@@ -126,7 +132,7 @@ def train(
     settings = {
         "loss": loss, "batch": batch, "critic_steps": critic_steps, "lr": lr, "gp_lambda": gp_lambda,
         "clip_value": clip_value, "augment": augment, "width_mult": width_mult, "output": output, "seed": seed,
-        "generator": generator,
+        "generator": generator, "lr_decay": lr_decay,
     }
     dev = _check_train_args(kernels, out, batch, device)
     summary = _train_with_progress(
