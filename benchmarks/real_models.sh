@@ -2,7 +2,8 @@
 # The shipped x2/x4 models (kmsr_cli/models/kmsr_x{2,4}.safetensors) and their tables: the exact
 # commands. From the repository root with kmsr installed:
 #
-#   bash benchmarks/real_models.sh [WORK_DIR] [stage...]     stages: pool train bench (default), x4-variants x4-variants-bench, x2-variants x2-variants-bench, ensemble
+#   bash benchmarks/real_models.sh [WORK_DIR] [stage...]     stages: pool train bench (default), x4-variants x4-variants-bench, x2-variants x2-variants-bench, ensemble,
+#                                                            s7-train s7-bench
 #
 # Stage 1-2 (pool): kernels estimated with `kmsr estimate` from 43 real photos that are in no
 # test set (9 of scikit-image's CC0 photos, the 14 real photos of RealSRSet, every 10th BSD200
@@ -162,4 +163,65 @@ if has ensemble; then
     --kernels "bicubic,g1.25,g1.6,g1.7,div2krk=$SHARED/kernels/div2krk/div2krk_gt_k_x{s}.npy" \
     --models "$PUB,shipped=kmsr_cli/models/kmsr_x4.safetensors" --markdown > "$WORK/table1_x4_ensemble.md" &
   wait
+fi
+
+# Stage s7-train (session 7): two runs side by side, one core each.
+# - `b80` (x2): the x2 recipe with 80 % of the samples bicubic LR, 800 steps from the published CARN-M.
+#   Why: the shipped x2 is 2.9 dB below the same-budget bicubic twin on Set5 bicubic; a blind model
+#   cannot tell a bicubic LR from a mildly blurred one, so the bicubic share sets that trade-off.
+# - `mse` (x4): the shipped x4 fine-tuned 450 more steps with an L2 loss instead of L1, same degradation.
+#   Why: for a blind model the input does not determine the kernel; the L2-optimal output is the mean
+#   over the kernels that fit, the L1-optimal one the median, which is sharper where they disagree
+#   and costs PSNR where the blur is milder than the pool's (the RealSR diagnosis above).
+if has s7-train; then
+  cp kmsr_cli/models/kmsr_x2.safetensors "$WORK/shipped_x2_s6.safetensors"
+  cp kmsr_cli/models/kmsr_x4.safetensors "$WORK/shipped_x4_s6.safetensors"
+  OMP_NUM_THREADS=1 kmsr train --backbone carn_m --init "carn_m:$W/carn/carn_m_state_dict.npz" --degradation realistic \
+    --degradation-option noise_max=0.01 --degradation-option jpeg_prob=0.3 --degradation-option jpeg_min=75 \
+    --degradation-option bicubic_fraction=0.8 --pool "$WORK/pool_x2.h5" --scale 2 --patch 128 \
+    --data "$SHARED/sr/T91" --data "$SHARED/sr/BSD200" --val "$SHARED/sr/Kodak24" --batch 16 --epochs 4 \
+    --iters-per-epoch 200 --lr 2e-4 --lr-halve-every 2 --amp --seed 0 --device cpu --time-budget 85 \
+    -o "$WORK/runs7/carn_b80_x2" > "$WORK/train7_b80_x2.log" 2>&1 &
+  OMP_NUM_THREADS=1 kmsr train --backbone carn_m --init "$WORK/shipped_x4_s6.safetensors" --loss mse --degradation realistic \
+    --degradation-option noise_max=0.01 --degradation-option jpeg_prob=0.3 --degradation-option jpeg_min=75 \
+    --degradation-option bicubic_fraction=0.5 --pool "$WORK/est_x4.h5" --scale 4 --patch 192 \
+    --data "$SHARED/sr/T91" --data "$SHARED/sr/BSD200" --val "$SHARED/sr/Kodak24" --batch 16 --epochs 3 \
+    --iters-per-epoch 150 --lr 1e-4 --lr-halve-every 2 --amp --seed 1 --device cpu --time-budget 60 \
+    -o "$WORK/runs7/carn_mse_x4" > "$WORK/train7_mse_x4.log" 2>&1 &
+  wait
+fi
+# Stage s7-bench: selection on Kodak24, then Set5 and RealSR. The rules, written before the runs finished:
+# - x2: `b80` replaces the shipped x2 if, on Kodak24, its bicubic column is within 0.5 dB of the
+#   same-budget bicubic twin's (the Set5 target asks 1.0; Kodak24 showed a third of Set5's gap last
+#   time, so the margin is kept) and its g1.6 column is at least 1.0 dB above the twin's.
+# - x4: `mse` replaces the shipped x4 if its mean Kodak24 Y-PSNR over the five columns is higher
+#   (the rule of session 4).
+K5="bicubic,g1.25,g1.6,g1.7,div2krk=$SHARED/kernels/div2krk/div2krk_gt_k_x{s}.npy"
+if has s7-bench; then
+  R="$WORK/runs"
+  S7X2=(--models "shipped=$WORK/shipped_x2_s6.safetensors,b80=$WORK/runs7/carn_b80_x2/best.safetensors,twin=$R/carn_bic_x2/best.safetensors")
+  S7X4=(--models "shipped=$WORK/shipped_x4_s6.safetensors,mse=$WORK/runs7/carn_mse_x4/best.safetensors,twin=$R/carn_bic_x4/best.safetensors")
+  kmsr bench quality --hr "$SHARED/sr/Kodak24" --scales 2 --kernels "$K5" "${S7X2[@]}" --json > "$WORK/kodak_x2_s7.json" &
+  kmsr bench quality --hr "$SHARED/sr/Kodak24" --scales 4 --kernels "$K5" "${S7X4[@]}" --json > "$WORK/kodak_x4_s7.json" &
+  wait
+  kmsr bench quality --hr "$SHARED/sr/Set5" --scales 2 --kernels "$K5" "${S7X2[@]}" --markdown > "$WORK/table1_x2_s7.md" &
+  kmsr bench quality --hr "$SHARED/sr/Set5" --scales 4 --kernels "$K5" "${S7X4[@]}" --markdown > "$WORK/table1_x4_s7.md" &
+  kmsr bench real --pairs "$SHARED/real_pairs/RealSR_x4_Canon" --scale 4 "${S7X4[@]}" --markdown > "$WORK/real_x4_s7.md" &
+  wait
+  python - "$WORK/kodak_x2_s7.json" "$WORK/kodak_x4_s7.json" <<'PY'
+import json, sys
+def cols(path):
+    out = {}
+    for r in json.load(open(path))["summary"]:
+        out.setdefault(r["model"], {})[r["kernel"]] = r["psnr"]
+    return out
+x2, x4 = cols(sys.argv[1]), cols(sys.argv[2])
+t = x2["twin"]
+ok = x2["b80"]["bicubic"] >= t["bicubic"] - 0.5 and x2["b80"]["g1.6"] >= t["g1.6"] + 1.0
+print(f"x2 b80: bicubic {x2['b80']['bicubic']:.2f} ({x2['b80']['bicubic'] - t['bicubic']:+.2f} against the twin), "
+      f"g1.6 {x2['b80']['g1.6']:.2f} ({x2['b80']['g1.6'] - t['g1.6']:+.2f}); selected: {'b80' if ok else 'shipped'}")
+mean = {m: sum(c.values()) / len(c) for m, c in x4.items()}
+print("x4 Kodak24 means: " + ", ".join(f"{m} {v:.3f}" for m, v in mean.items())
+      + f"; selected: {'mse' if mean['mse'] > mean['shipped'] else 'shipped'}")
+PY
 fi
