@@ -24,18 +24,7 @@ mkdir -p "$WORK/photos" "$WORK/runs"
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 
 if has pool; then
-python - "$WORK/photos" "$SHARED" <<'PY'
-import shutil, sys
-from pathlib import Path
-from kmsr_cli.sample_data import export_cc0
-dest, shared = Path(sys.argv[1]), Path(sys.argv[2])
-export_cc0(dest, ("astronaut", "coffee", "rocket", "chelsea", "camera", "brick", "grass", "gravel", "immunohistochemistry"))
-for f in sorted((shared / "real" / "RealSRSet").glob("*.png")):
-    if not f.name.startswith(("comic", "ppt", "pattern", "computer")):
-        shutil.copy(f, dest / f"real_{f.name}")
-for f in sorted((shared / "sr" / "BSD200").glob("*.png"))[::10]:
-    shutil.copy(f, dest / f"bsd_{f.name}")
-PY
+python benchmarks/pool_photos.py "$WORK/photos" --shared "$SHARED" --bsd-every 10
 for S in 2 4; do
   OMP_NUM_THREADS=1 kmsr estimate "$WORK/photos" -o "$WORK/est_x$S.h5" --scale $S --patch 256 --per-image 3 --workers 1 &
 done

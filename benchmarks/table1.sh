@@ -14,16 +14,7 @@ mkdir -p "$WORK/photos" "$WORK/runs"
 
 # Real photos: scikit-image's CC0 photos and the real LR photos of RealSRSet (drawings,
 # slides and synthetic patterns left out).
-python - "$WORK/photos" "$SHARED" <<'PY'
-import shutil, sys
-from pathlib import Path
-from kmsr_cli.sample_data import export_cc0
-dest, shared = Path(sys.argv[1]), Path(sys.argv[2])
-export_cc0(dest, ("astronaut", "coffee", "rocket", "chelsea", "camera", "brick", "grass", "gravel", "immunohistochemistry"))
-for f in sorted((shared / "real" / "RealSRSet").glob("*.png")):
-    if not f.name.startswith(("comic", "ppt", "pattern", "computer")):
-        shutil.copy(f, dest / f"real_{f.name}")
-PY
+python benchmarks/pool_photos.py "$WORK/photos" --shared "$SHARED"
 
 # Stage 1: kernels seen in the photos upscaled x2 and x4.
 kmsr estimate "$WORK/photos" -o "$WORK/est_x2.h5" --scale 2 --patch 256 --per-image 3 --workers 1
