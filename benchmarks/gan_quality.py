@@ -167,7 +167,7 @@ def run_dataset(name: str, kernels: np.ndarray, scale: int, args, folder: Path, 
 def markdown(doc: dict) -> str:
     c = doc["config"]
     lines = [
-        f"width_mult {c['width_mult']}, lr {c['lr']}, batch {c['batch']}, critic steps {c['critic_steps']}, "
+        f"width_mult {c['width_mult']}, lr {c['lr']} (decay {c.get('lr_decay', 'none')}), batch {c['batch']}, critic steps {c['critic_steps']}, "
         f"{c['iters']} iterations, torch threads {c['torch_threads']}, seed {c['seed']}",
     ]
     if doc.get("full_width_speed"):
@@ -232,7 +232,7 @@ def main() -> None:
         raise SystemExit(f"unknown datasets {sorted(unknown)}; known: {', '.join(loaders)}")
     doc = {
         "config": {"iters": args.iters, "width_mult": args.width_mult, "lr": args.lr, "batch": args.batch,
-                   "critic_steps": args.critic_steps, "augment": args.augment, "seed": args.seed,
+                   "critic_steps": args.critic_steps, "augment": args.augment, "seed": args.seed, "lr_decay": args.lr_decay,
                    "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
                    "cores": os.cpu_count(), "torch": torch.__version__},
         "datasets": {},
