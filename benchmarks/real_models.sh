@@ -189,7 +189,7 @@ K5="bicubic,g1.25,g1.6,g1.7,div2krk=$SHARED/kernels/div2krk/div2krk_gt_k_x{s}.np
 if has s7-bench; then
   R="$WORK/runs"
   S7X2=(--models "shipped=$WORK/shipped_x2_s6.safetensors,b80=$WORK/runs7/carn_b80_x2/best.safetensors,twin=$R/carn_bic_x2/best.safetensors")
-  S7X4=(--models "shipped=$WORK/shipped_x4_s6.safetensors,mse=$WORK/runs7/carn_mse_x4/best.safetensors,twin=$R/carn_bic_x4/best.safetensors")
+  S7X4=(--models "shipped=$WORK/shipped_x4_s6.safetensors,mse=$WORK/runs7/carn_mse_x4/best.safetensors")  # x4 twin: session 4
   kmsr bench quality --hr "$SHARED/sr/Kodak24" --scales 2 --kernels "$K5" "${S7X2[@]}" --json > "$WORK/kodak_x2_s7.json" &
   kmsr bench quality --hr "$SHARED/sr/Kodak24" --scales 4 --kernels "$K5" "${S7X4[@]}" --json > "$WORK/kodak_x4_s7.json" &
   wait
