@@ -456,9 +456,16 @@ class DaskPool:
         from dask.distributed import Client, LocalCluster
 
         if kind == "local":
-            self.cluster = LocalCluster(n_workers=what, threads_per_worker=1, processes=True, dashboard_address=None,
-                                        env={v: "1" for v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS",
-                                                                 "OPENBLAS_NUM_THREADS")})
+            import dask  # noqa: PLC0415
+
+            # Dask's statistical profiler samples each worker's stacks every 10 ms, in the process
+            # that does the estimate: on this 2-core machine it cost a quarter of the task's CPU
+            # time under load (benchmarks/results/estimate.md). Nobody reads it here (no dashboard).
+            with dask.config.set({"distributed.worker.profile.enabled": False}):
+                self.cluster = LocalCluster(n_workers=what, threads_per_worker=1, processes=True,
+                                            dashboard_address=None,
+                                            env={v: "1" for v in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS",
+                                                                     "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
             self.client = Client(self.cluster)
         else:
             try:

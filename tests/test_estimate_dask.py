@@ -123,3 +123,22 @@ def test_no_scheduler_at_the_address(capsys, photos, tmp_path):
     code, _, stderr = cli_in_process(capsys, "estimate", str(photos[0]), "-o", str(tmp_path / "k.h5"),
                                      "--dask", "tcp://127.0.0.1:9", "--patch", "128", "--scale", "1")
     assert code == 1 and "no Dask scheduler answers" in stderr
+
+
+def test_local_cluster_workers_run_without_dasks_profiler(cluster):
+    """Dask's 10 ms stack sampler runs in the worker process beside the estimate; the LocalCluster
+    kmsr starts turns it off. The control: a LocalCluster with Dask's defaults has it."""
+    from kmsr_cli.estimate import DaskPool
+
+    def callbacks(dask_worker):
+        return sorted(dask_worker.periodic_callbacks)
+
+    with distributed.Client(cluster) as c:
+        default = c.run(callbacks)
+    assert all("profile" in cbs for cbs in default.values())
+    pool = DaskPool("local:1", "dark-channel", {})
+    try:
+        ours = pool.client.run(callbacks)
+    finally:
+        pool.shutdown()
+    assert len(ours) == 1 and all("profile" not in cbs and "heartbeat" in cbs for cbs in ours.values())
