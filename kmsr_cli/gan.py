@@ -69,7 +69,8 @@ class TrainSettings:
     seed: int = 0
     generator: str = "wgan-gp"
     # "linear": both learning rates fall linearly from lr to 0 over the run's --iters (as in the
-    # WGAN-GP paper's code), so the last iterations refine instead of drifting.
+    # WGAN-GP paper's code). Not the default: it did not make every seed of
+    # benchmarks/gan_quality.py meet its target (benchmarks/results/gan_quality.md, session 7).
     lr_decay: str = "none"
 
     def __post_init__(self):

@@ -61,7 +61,7 @@ _KernelOutput = Annotated[
 _LrDecay = Annotated[
     str | None,
     typer.Option("--lr-decay", help="Learning-rate schedule: none (constant) or linear (from --lr down to 0 at "
-                 "--iters, so the last iterations refine rather than drift) [default: none]."),
+                 "--iters, as in the WGAN-GP paper; a resumed run keeps its own) [default: none]."),
 ]
 _CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", help="Save every N iterations (0: only at the end).", min=0)]
 _WatchEvery = Annotated[
