@@ -444,7 +444,7 @@ def test_cli_bad_training_set(run_kmsr, tmp_path):
     assert folder_names(tmp_path) == ["nan.h5"]
 
 
-def test_linear_lr_decay_follows_its_schedule_and_resumes_exactly(host, tmp_path, write_set):
+def test_linear_lr_decay_follows_its_schedule_and_resumes_exactly(host, tmp_path, write_set, monkeypatch):
     """--lr-decay linear: iteration i (0-based) steps with lr * (1 - i / iters), both networks;
     a run killed halfway and resumed with the same --iters ends with the same weights."""
     data, _ = gaussian_set(tmp_path / "g.h5", write_set, n=64)
@@ -465,12 +465,10 @@ def test_linear_lr_decay_follows_its_schedule_and_resumes_exactly(host, tmp_path
         lrs.append((self.opt_g.param_groups[0]["lr"], self.opt_d.param_groups[0]["lr"]))
         return out
 
-    gan_mod.GanTrainer.step = spy
-    try:
+    with monkeypatch.context() as m:
+        m.setattr(gan_mod.GanTrainer, "step", spy)
         straight = tmp_path / "straight.safetensors"
         train_gan(host, [data], straight, iters=6, settings=settings, device="cpu", progress=record)
-    finally:
-        gan_mod.GanTrainer.step = real_step
     assert seen == [1, 2, 3, 4, 5, 6]
     for i, (g, d) in enumerate(lrs):
         assert g == pytest.approx(1e-3 * (6 - i) / 6, rel=1e-12) and d == g
