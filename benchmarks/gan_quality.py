@@ -110,7 +110,7 @@ def run_dataset(name: str, kernels: np.ndarray, scale: int, args, folder: Path, 
     host = get_host()
     settings = {"width_mult": args.width_mult, "lr": args.lr, "critic_steps": args.critic_steps,
                 "batch": args.batch, "seed": train_seed, "augment": args.augment,
-                "lr_decay": args.lr_decay}
+                "lr_decay": args.lr_decay, "ema": args.ema}
     if ckpt.exists():  # a fresh run each time (several seeds / thread counts share the folder)
         ckpt.unlink()
         Path(str(ckpt) + ".state.pt").unlink(missing_ok=True)
@@ -167,7 +167,7 @@ def run_dataset(name: str, kernels: np.ndarray, scale: int, args, folder: Path, 
 def markdown(doc: dict) -> str:
     c = doc["config"]
     lines = [
-        f"width_mult {c['width_mult']}, lr {c['lr']} (decay {c.get('lr_decay', 'none')}), batch {c['batch']}, critic steps {c['critic_steps']}, "
+        f"width_mult {c['width_mult']}, lr {c['lr']} (decay {c.get('lr_decay', 'none')}, ema {c.get('ema', 0.0)}), batch {c['batch']}, critic steps {c['critic_steps']}, "
         f"{c['iters']} iterations, torch threads {c['torch_threads']}, seed {c['seed']}",
     ]
     if doc.get("full_width_speed"):
@@ -207,6 +207,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lr-decay", choices=("none", "linear"), default="none",
                     help="kmsr gan train --lr-decay: constant, or falling linearly to 0 at --iters")
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="kmsr gan train --ema: keep a moving average of the generator's weights (0: off)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--critic-steps", type=int, default=5)
     ap.add_argument("--augment", action="store_true")
@@ -233,7 +235,7 @@ def main() -> None:
     doc = {
         "config": {"iters": args.iters, "width_mult": args.width_mult, "lr": args.lr, "batch": args.batch,
                    "critic_steps": args.critic_steps, "augment": args.augment, "seed": args.seed, "lr_decay": args.lr_decay,
-                   "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+                   "ema": args.ema, "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
                    "cores": os.cpu_count(), "torch": torch.__version__},
         "datasets": {},
         "runs": [],

@@ -29,7 +29,8 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -48,6 +49,9 @@ LR_DECAYS = ("none", "linear")
 DEFAULT_LR = {"gp": 1e-4, "clip": 5e-5}
 ADAM_BETAS = (0.5, 0.999)
 STATE_FORMAT = "kmsr-gan-state"
+# Batch-norm statistics of the averaged generator: this many batches of z from this seed.
+STANDING_BATCHES = 16
+STANDING_SEED = 20190802
 
 
 # --------------------------------------------------------------------------- settings and data
@@ -72,6 +76,10 @@ class TrainSettings:
     # WGAN-GP paper's code). Not the default: it did not make every seed of
     # benchmarks/gan_quality.py meet its target (benchmarks/results/gan_quality.md, session 7).
     lr_decay: str = "none"
+    # > 0: the saved generator is an exponential moving average of the trained one's weights
+    # (decay min(ema, (1 + t) / (10 + t)) at update t), with batch-norm statistics recomputed for
+    # the averaged weights; the critic trains against the live generator. 0: the live weights.
+    ema: float = 0.0
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -80,6 +88,13 @@ class TrainSettings:
             raise KmsrInputError(f"lr_decay: expected one of {', '.join(LR_DECAYS)}, found {self.lr_decay!r}")
         if self.lr is None:
             self.lr = DEFAULT_LR[self.loss]
+        try:
+            ema = float(self.ema)
+        except (TypeError, ValueError):
+            ema = float("nan")
+        if isinstance(self.ema, bool) or not (np.isfinite(ema) and 0.0 <= ema < 1.0):
+            raise KmsrInputError(f"ema: expected a decay in [0, 1) (0: off), found {self.ema!r}")
+        self.ema = ema
         for name in ("batch", "critic_steps"):
             if int(getattr(self, name)) < 1:
                 raise KmsrInputError(f"{name}: expected an integer >= 1, found {getattr(self, name)}")
@@ -222,6 +237,10 @@ class GanTrainer:
         self.gen.manual_seed(int(settings.seed))
         self.iteration = 0
         self.total_iters = total_iters  # the length the "linear" decay spans
+        # --ema: the averaged generator parameters, and the live generator's state while the
+        # averaged weights are in the module (inside averaged_generator()).
+        self.ema = {n: p.detach().clone() for n, p in G.named_parameters()} if settings.ema > 0 else None
+        self._live: dict | None = None
 
     def learning_rate(self) -> float:
         """The learning rate of the next iteration under the run's decay."""
@@ -270,7 +289,63 @@ class GanTrainer:
         finally:
             for p in D.parameters():
                 p.requires_grad_(True)
+        if self.ema is not None:
+            self._update_average()
         return float(loss.detach())
+
+    # ---------------------------------------------------------------- weight averaging (--ema)
+    def _update_average(self) -> None:
+        """One step of the moving average; the decay ramps up from 0.1 so that the random initial
+        weights do not linger (the ``num_updates`` rule of TensorFlow's ExponentialMovingAverage)."""
+        t = self.iteration
+        decay = min(float(self.settings.ema), (1.0 + t) / (10.0 + t))
+        with self.torch.no_grad():
+            for n, p in self.gan.generator.named_parameters():
+                self.ema[n].lerp_(p.detach(), 1.0 - decay)
+
+    def _standing_statistics(self) -> None:
+        """Batch-norm running statistics recomputed for the weights now in the generator: the
+        average over STANDING_BATCHES training-size batches of z from a fixed seed, so they are the
+        same on every call and the training stream is not touched."""
+        torch, G = self.torch, self.gan.generator
+        norms = [m for m in G.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        g = torch.Generator(device=self.device)
+        g.manual_seed(STANDING_SEED)
+        was_training = G.training
+        try:
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the batches below
+            G.train()
+            with torch.no_grad():
+                for _ in range(STANDING_BATCHES):
+                    G(torch.randn(self.settings.batch, self.gan.latent_dim, generator=g, device=self.device))
+        finally:
+            for m, mom in zip(norms, momenta):
+                m.momentum = mom
+            G.train(was_training)
+
+    @contextmanager
+    def averaged_generator(self) -> Iterator[None]:
+        """Inside, the generator holds the averaged weights (with their batch-norm statistics);
+        on leaving, the live weights are back. Without --ema, or when already inside, it does nothing."""
+        if self.ema is None or self._live is not None:
+            yield
+            return
+        G = self.gan.generator
+        self._live = {k: v.detach().clone() for k, v in G.state_dict().items()}
+        try:
+            with self.torch.no_grad():
+                for n, p in G.named_parameters():
+                    p.copy_(self.ema[n])
+            self._standing_statistics()
+            yield
+        finally:
+            G.load_state_dict(self._live)
+            self._live = None
 
     def step(self) -> IterationStats:
         lr = self.learning_rate()
@@ -294,13 +369,30 @@ class GanTrainer:
             "rng_device": self.device.type,
             "settings": self.settings.to_json(),
             "training_set_sha256": data.sha256,
+            # with --ema the weights file holds the averaged generator; the live one is kept here
+            **({"generator_live": self._live if self._live is not None else
+                {k: v.detach().clone() for k, v in self.gan.generator.state_dict().items()},
+                "generator_average": {k: v.detach().clone() for k, v in self.ema.items()}}
+               if self.ema is not None else {}),
         }
 
     def load_state(self, state: dict, *, source: Path) -> str | None:
-        """Restore optimisers, RNG and iteration; returns a warning when the RNG cannot be restored."""
+        """Restore optimisers, RNG and iteration (and with --ema the live generator and its
+        average); returns a warning when the RNG cannot be restored."""
         self.opt_g.load_state_dict(state["optimizer_generator"])
         self.opt_d.load_state_dict(state["optimizer_critic"])
         self.iteration = int(state["iteration"])
+        if self.ema is not None:
+            if not isinstance(state.get("generator_live"), dict) or not isinstance(state.get("generator_average"), dict):
+                raise KmsrError(f"{source}: the run averages its generator (--ema) but the state holds no live weights "
+                                "or no average", hint="start a new run without --resume")
+            try:
+                self.gan.generator.load_state_dict(state["generator_live"])
+                for n, p in self.gan.generator.named_parameters():
+                    self.ema[n] = state["generator_average"][n].to(device=self.device, dtype=p.dtype).clone()
+            except (KeyError, RuntimeError) as exc:
+                raise KmsrError(f"{source}: the saved live or averaged generator does not fit the network ({exc})",
+                                hint="start a new run without --resume") from None
         if state.get("rng_device") == self.device.type:
             self.gen.set_state(state["rng_state"])
             return None
@@ -327,7 +419,10 @@ def save_training(trainer: GanTrainer, data: TrainingData, out: Path, *, kmsr_me
         "settings": trainer.settings.to_json(),
         **kmsr_meta,
     }
-    save_weights(trainer.gan, out, meta)
+    if trainer.ema is not None:
+        meta["averaged_weights"] = "ema"
+    with trainer.averaged_generator():
+        save_weights(trainer.gan, out, meta)
 
 
 def _load_state_file(path: Path) -> dict:
@@ -410,7 +505,7 @@ def train_gan(
     trainer = GanTrainer(gan, data, train_settings, device, total_iters=iters)
     start = _resume_trainer(trainer, state, out, log)
     kmsr_meta = {"training_sets": json.dumps(data.paths)}
-    watch, watch_every = _collapse_watch(iters, watch_every, data, train_settings, gan, start)
+    watch, watch_every = _collapse_watch(iters, watch_every, data, train_settings, trainer, start)
     plan = _LoopPlan(iters=iters, checkpoint_every=checkpoint_every, sample_every=sample_every,
                      samples_png=samples_png, watch_every=watch_every,
                      history_every=history_every or max(1, iters // 100),
@@ -418,10 +513,11 @@ def train_gan(
     t0 = time.perf_counter()
     last, history, checkpoints = _train_loop(trainer, data, out, plan, watch, kmsr_meta, start)
     seconds = time.perf_counter() - t0
-    watched = _finish_watch(watch, trainer, kmsr_meta, log)
-    if trainer.iteration > start or not out.exists() or (watched and watched["restored"]):
-        save_training(trainer, data, out, kmsr_meta=kmsr_meta)
-        checkpoints += 1
+    with trainer.averaged_generator():  # the watch's verdict and the saved weights are the average's
+        watched = _finish_watch(watch, trainer, kmsr_meta, log)
+        if trainer.iteration > start or not out.exists() or (watched and watched["restored"]):
+            save_training(trainer, data, out, kmsr_meta=kmsr_meta)
+            checkpoints += 1
     check = _sample_check(host, out, data, train_settings, trainer, backend.name, log)
     done = trainer.iteration - start
     return {
@@ -514,7 +610,7 @@ def _resume_trainer(trainer: GanTrainer, state: dict | None, out: Path, log: Cal
 
 
 def _collapse_watch(iters: int, watch_every: int | None, data: TrainingData, train_settings: TrainSettings,
-                    gan, start: int):
+                    trainer: GanTrainer, start: int):
     """The run's CollapseWatch (None when off) and how often it scores the generator."""
     from .gan_watch import DEFAULT_CHECKS, MIN_WATCHED_ITERS, CollapseWatch
 
@@ -524,7 +620,8 @@ def _collapse_watch(iters: int, watch_every: int | None, data: TrainingData, tra
         raise KmsrInputError(f"watch_every: expected 0 (off) or a positive number, found {watch_every}")
     watch = CollapseWatch(data.kernels, seed=int(train_settings.seed)) if watch_every else None
     if watch is not None and start:
-        watch.observe(start, gan)  # the weights resumed from are a candidate too
+        with trainer.averaged_generator():
+            watch.observe(start, trainer.gan)  # the weights resumed from are a candidate too
     return watch, watch_every
 
 
@@ -570,7 +667,8 @@ def _after_step(last: IterationStats, trainer: GanTrainer, data: TrainingData, o
     if plan.on_iteration:
         plan.on_iteration(last)
     if watch is not None and i % plan.watch_every == 0 and i < iters:
-        watch.observe(i, gan)
+        with trainer.averaged_generator():
+            watch.observe(i, gan)
     if i % plan.history_every == 0 or i == iters:
         history.append({"iteration": i, "critic_loss": last.critic_loss, "wasserstein": last.wasserstein})
     if plan.checkpoint_every > 0 and i % plan.checkpoint_every == 0 and i < iters:
@@ -578,7 +676,8 @@ def _after_step(last: IterationStats, trainer: GanTrainer, data: TrainingData, o
         saved = 1
         plan.log(f"iteration {i}/{iters}: critic loss {last.critic_loss:.4f}, Wasserstein estimate {last.wasserstein:.4f}; saved {out}")
     if plan.sample_every > 0 and i % plan.sample_every == 0:
-        write_kernel_grid(plan.samples_png, gan.draw(64, rng=np.random.default_rng(plan.preview_seed)))
+        with trainer.averaged_generator():
+            write_kernel_grid(plan.samples_png, gan.draw(64, rng=np.random.default_rng(plan.preview_seed)))
     return saved
 
 

@@ -63,6 +63,12 @@ _LrDecay = Annotated[
     typer.Option("--lr-decay", help="Learning-rate schedule: none (constant) or linear (from --lr down to 0 at "
                  "--iters, as in the WGAN-GP paper; a resumed run keeps its own) [default: none]."),
 ]
+_Ema = Annotated[
+    float | None,
+    typer.Option("--ema", help="Save an exponential moving average of the generator's weights with this decay "
+                 "(e.g. 0.999; batch-norm statistics recomputed for it) instead of its last weights; 0: off "
+                 "[default: 0]. A resumed run keeps its own.", min=0.0, max=0.999999),
+]
 _CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", help="Save every N iterations (0: only at the end).", min=0)]
 _WatchEvery = Annotated[
     int | None,
@@ -90,6 +96,7 @@ def train(
     critic_steps: _CriticSteps = None,
     lr: _Lr = None,
     lr_decay: _LrDecay = None,
+    ema: _Ema = None,
     gp_lambda: _GpLambda = None,
     clip_value: _ClipValue = None,
     augment: _Augment = None,
@@ -132,7 +139,7 @@ def train(
     settings = {
         "loss": loss, "batch": batch, "critic_steps": critic_steps, "lr": lr, "gp_lambda": gp_lambda,
         "clip_value": clip_value, "augment": augment, "width_mult": width_mult, "output": output, "seed": seed,
-        "generator": generator, "lr_decay": lr_decay,
+        "generator": generator, "lr_decay": lr_decay, "ema": ema,
     }
     dev = _check_train_args(kernels, out, batch, device)
     summary = _train_with_progress(
