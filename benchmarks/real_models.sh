@@ -29,26 +29,22 @@ for S in 2 4; do
   OMP_NUM_THREADS=1 kmsr estimate "$WORK/photos" -o "$WORK/est_x$S.h5" --scale $S --patch 256 --per-image 3 --workers 1 &
 done
 wait
-for S in 2 4; do
-  OMP_NUM_THREADS=1 kmsr gan train "$WORK/est_x$S.h5" -o "$WORK/gan_x$S.safetensors" --width-mult 0.0625 --lr 1e-3 \
-    --iters 1000 --device cpu --seed 0 --sample-every 500 --samples-png "$WORK/gan_x${S}_grid.png" &
-done
-wait
-for S in 2 4; do
-  N=$(kmsr pool show "$WORK/est_x$S.h5" --json | python -c 'import json, sys; print(json.load(sys.stdin)["count"])')
-  kmsr pool build --estimated "$WORK/est_x$S.h5" --generator "$WORK/gan_x$S.safetensors" -n "$N" --seed 0 -o "$WORK/pool_x$S.h5"
-done
+bash benchmarks/gan_pool.sh "$WORK" 1000
 fi
 
-DEG=(--degradation realistic --degradation-option noise_max=0.01 --degradation-option jpeg_prob=0.3
-     --degradation-option jpeg_min=75 --degradation-option bicubic_fraction=0.25)
-COMMON=(--data "$SHARED/sr/T91" --data "$SHARED/sr/BSD200" --val "$SHARED/sr/Kodak24" --batch 16
-        --epochs 4 --iters-per-epoch 200 --lr 2e-4 --lr-halve-every 2 --amp --seed 0 --device cpu --time-budget 95)
+# What every training run below shares: the realistic degradation's noise and JPEG (its bicubic share
+# is set per run), the HR data, the Kodak24 validation, and the schedule but for its length.
+REAL=(--degradation realistic --degradation-option noise_max=0.01 --degradation-option jpeg_prob=0.3
+      --degradation-option jpeg_min=75)
+DATA=(--data "$SHARED/sr/T91" --data "$SHARED/sr/BSD200" --val "$SHARED/sr/Kodak24" --batch 16 --amp --device cpu)
+RECIPE=("${DATA[@]}" --iters-per-epoch 200 --lr 2e-4 --lr-halve-every 2 --seed 0)
+CARN=(--backbone carn_m --init "carn_m:$W/carn/carn_m_state_dict.npz")
 if has train; then
-  OMP_NUM_THREADS=1 kmsr train --backbone carn_m --init "carn_m:$W/carn/carn_m_state_dict.npz" "${DEG[@]}" \
-    --pool "$WORK/pool_x2.h5" --scale 2 --patch 128 "${COMMON[@]}" -o "$WORK/runs/carn_real_x2" > "$WORK/train_x2.log" 2>&1 &
-  OMP_NUM_THREADS=1 kmsr train --backbone carn_m --init "carn_m:$W/carn/carn_m_state_dict.npz" "${DEG[@]}" \
-    --pool "$WORK/pool_x4.h5" --scale 4 --patch 192 "${COMMON[@]}" -o "$WORK/runs/carn_real_x4" > "$WORK/train_x4.log" 2>&1 &
+  T=("${CARN[@]}" "${REAL[@]}" --degradation-option bicubic_fraction=0.25 "${RECIPE[@]}" --epochs 4 --time-budget 95)
+  OMP_NUM_THREADS=1 kmsr train "${T[@]}" --pool "$WORK/pool_x2.h5" --scale 2 --patch 128 \
+    -o "$WORK/runs/carn_real_x2" > "$WORK/train_x2.log" 2>&1 &
+  OMP_NUM_THREADS=1 kmsr train "${T[@]}" --pool "$WORK/pool_x4.h5" --scale 4 --patch 192 \
+    -o "$WORK/runs/carn_real_x4" > "$WORK/train_x4.log" 2>&1 &
   wait
 fi
 
@@ -56,12 +52,9 @@ fi
 # - the bicubic-trained twin: the same init, recipe and budget on MATLAB-bicubic pairs;
 # - `est`: the pool of estimated kernels only (the x4 GAN's samples were wider than the kernels it
 #   was trained on: median width 2.92 against 2.02), half of the samples from bicubic LR.
-V=(--data "$SHARED/sr/T91" --data "$SHARED/sr/BSD200" --val "$SHARED/sr/Kodak24" --batch 16 --epochs 3
-   --iters-per-epoch 200 --lr 2e-4 --lr-halve-every 2 --amp --seed 0 --device cpu --time-budget 62
-   --init "carn_m:$W/carn/carn_m_state_dict.npz" --backbone carn_m --scale 4 --patch 192)
+V=("${CARN[@]}" "${RECIPE[@]}" --epochs 3 --time-budget 62 --scale 4 --patch 192)
 if has x4-variants; then
-  OMP_NUM_THREADS=1 kmsr train "${V[@]}" --degradation realistic --degradation-option noise_max=0.01 \
-    --degradation-option jpeg_prob=0.3 --degradation-option jpeg_min=75 --degradation-option bicubic_fraction=0.5 \
+  OMP_NUM_THREADS=1 kmsr train "${V[@]}" "${REAL[@]}" --degradation-option bicubic_fraction=0.5 \
     --pool "$WORK/est_x4.h5" -o "$WORK/runs/carn_est_x4" > "$WORK/train_est_x4.log" 2>&1 &
   OMP_NUM_THREADS=1 kmsr train "${V[@]}" --degradation bicubic -o "$WORK/runs/carn_bic_x4" > "$WORK/train_bic_x4.log" 2>&1 &
   wait
@@ -72,12 +65,9 @@ fi
 # - `mix`: the pool K+ (the x2 GAN passed its sample check: median width 1.27 against 1.21), half of
 #   the samples from bicubic LR (the shipped x2 had a quarter and was 2.8 dB below CARN-M on bicubic);
 # - the bicubic-trained twin: the same init, recipe and budget on MATLAB-bicubic pairs.
-V2=(--data "$SHARED/sr/T91" --data "$SHARED/sr/BSD200" --val "$SHARED/sr/Kodak24" --batch 16 --epochs 5
-    --iters-per-epoch 200 --lr 2e-4 --lr-halve-every 2 --amp --seed 0 --device cpu --time-budget 95
-    --init "carn_m:$W/carn/carn_m_state_dict.npz" --backbone carn_m --scale 2 --patch 128)
+V2=("${CARN[@]}" "${RECIPE[@]}" --epochs 5 --time-budget 95 --scale 2 --patch 128)
 if has x2-variants; then
-  OMP_NUM_THREADS=1 kmsr train "${V2[@]}" --degradation realistic --degradation-option noise_max=0.01 \
-    --degradation-option jpeg_prob=0.3 --degradation-option jpeg_min=75 --degradation-option bicubic_fraction=0.5 \
+  OMP_NUM_THREADS=1 kmsr train "${V2[@]}" "${REAL[@]}" --degradation-option bicubic_fraction=0.5 \
     --pool "$WORK/pool_x2.h5" -o "$WORK/runs/carn_mix_x2" > "$WORK/train_mix_x2.log" 2>&1 &
   OMP_NUM_THREADS=1 kmsr train "${V2[@]}" --degradation bicubic -o "$WORK/runs/carn_bic_x2" > "$WORK/train_bic_x2.log" 2>&1 &
   wait
@@ -85,6 +75,7 @@ fi
 
 # Stage 4: the tables. The twin of the new models' architecture trained on bicubic pairs is the
 # published CARN-M itself (their initialisation, fully trained on bicubic DIV2K pairs).
+K5="bicubic,g1.25,g1.6,g1.7,div2krk=$SHARED/kernels/div2krk/div2krk_gt_k_x{s}.npy"
 PUB="bicubic,srcnn:$W/srcnn/srcnn_915_x{s}_oihw.npz,vdsr:$W/vdsr/vdsr_model_epoch_50_state_dict.npz"
 PUB="$PUB,carn_m:$W/carn/carn_m_state_dict.npz,imdn:$W/imdn/IMDN_x{s}_state_dict.npz"
 if has x4-variants-bench; then
@@ -92,10 +83,10 @@ if has x4-variants-bench; then
   X4=(--models "shipped=kmsr_cli/models/kmsr_x4.safetensors,est=$R/carn_est_x4/best.safetensors,twin=$R/carn_bic_x4/best.safetensors")
   # model selection: Kodak24 (never a test set) over the same kernel columns as Table 1
   kmsr bench quality --hr "$SHARED/sr/Kodak24" --scales 4 \
-    --kernels "bicubic,g1.25,g1.6,g1.7,div2krk=$SHARED/kernels/div2krk/div2krk_gt_k_x{s}.npy" \
+    --kernels "$K5" \
     "${X4[@]}" --markdown > "$WORK/kodak_x4_variants.md"
   kmsr bench quality --hr "$SHARED/sr/Set5" --scales 4 \
-    --kernels "bicubic,g1.25,g1.6,g1.7,div2krk=$SHARED/kernels/div2krk/div2krk_gt_k_x{s}.npy" \
+    --kernels "$K5" \
     "${X4[@]}" --markdown > "$WORK/table1_x4_variants.md" &
   kmsr bench real --pairs "$SHARED/real_pairs/RealSR_x4_Canon" --scale 4 "${X4[@]}" --markdown > "$WORK/real_x4_variants.md" &
   wait
@@ -108,10 +99,10 @@ if has x2-variants-bench; then
   R="$WORK/runs"
   X2=(--models "shipped=kmsr_cli/models/kmsr_x2.safetensors,mix=$R/carn_mix_x2/best.safetensors,twin=$R/carn_bic_x2/best.safetensors")
   kmsr bench quality --hr "$SHARED/sr/Kodak24" --scales 2 \
-    --kernels "bicubic,g1.25,g1.6,g1.7,div2krk=$SHARED/kernels/div2krk/div2krk_gt_k_x{s}.npy" \
+    --kernels "$K5" \
     "${X2[@]}" --json > "$WORK/kodak_x2_variants.json" &
   kmsr bench quality --hr "$SHARED/sr/Set5" --scales 2 \
-    --kernels "bicubic,g1.25,g1.6,g1.7,div2krk=$SHARED/kernels/div2krk/div2krk_gt_k_x{s}.npy" \
+    --kernels "$K5" \
     --models "$PUB" "${X2[@]}" --markdown > "$WORK/table1_x2_variants.md" &
   wait
   python - "$WORK/kodak_x2_variants.json" <<'PY'
@@ -133,7 +124,7 @@ if has bench; then
   R="$WORK/runs"
   for S in 2 4; do
     kmsr bench quality --hr "$SHARED/sr/Set5" --scales $S \
-      --kernels "bicubic,g1.25,g1.6,g1.7,div2krk=$SHARED/kernels/div2krk/div2krk_gt_k_x{s}.npy" \
+      --kernels "$K5" \
       --models "$PUB" --models "kmsr-real=$R/carn_real_x$S/best.safetensors" \
       --markdown > "$WORK/table1_x$S.md" &
   done
@@ -149,7 +140,7 @@ if has ensemble; then
   kmsr bench real --pairs "$SHARED/real_pairs/RealSR_x4_Canon" --scale 4 --ensemble \
     --models "$PUB,shipped=kmsr_cli/models/kmsr_x4.safetensors" --markdown > "$WORK/real_x4_ensemble.md" &
   kmsr bench quality --hr "$SHARED/sr/Set5" --scales 4 --ensemble \
-    --kernels "bicubic,g1.25,g1.6,g1.7,div2krk=$SHARED/kernels/div2krk/div2krk_gt_k_x{s}.npy" \
+    --kernels "$K5" \
     --models "$PUB,shipped=kmsr_cli/models/kmsr_x4.safetensors" --markdown > "$WORK/table1_x4_ensemble.md" &
   wait
 fi
@@ -165,17 +156,12 @@ fi
 if has s7-train; then
   cp kmsr_cli/models/kmsr_x2.safetensors "$WORK/shipped_x2_s6.safetensors"
   cp kmsr_cli/models/kmsr_x4.safetensors "$WORK/shipped_x4_s6.safetensors"
-  OMP_NUM_THREADS=1 kmsr train --backbone carn_m --init "carn_m:$W/carn/carn_m_state_dict.npz" --degradation realistic \
-    --degradation-option noise_max=0.01 --degradation-option jpeg_prob=0.3 --degradation-option jpeg_min=75 \
-    --degradation-option bicubic_fraction=0.8 --pool "$WORK/pool_x2.h5" --scale 2 --patch 128 \
-    --data "$SHARED/sr/T91" --data "$SHARED/sr/BSD200" --val "$SHARED/sr/Kodak24" --batch 16 --epochs 4 \
-    --iters-per-epoch 200 --lr 2e-4 --lr-halve-every 2 --amp --seed 0 --device cpu --time-budget 85 \
+  OMP_NUM_THREADS=1 kmsr train "${CARN[@]}" "${REAL[@]}" --degradation-option bicubic_fraction=0.8 \
+    --pool "$WORK/pool_x2.h5" --scale 2 --patch 128 "${RECIPE[@]}" --epochs 4 --time-budget 85 \
     -o "$WORK/runs7/carn_b80_x2" > "$WORK/train7_b80_x2.log" 2>&1 &
-  OMP_NUM_THREADS=1 kmsr train --backbone carn_m --init "$WORK/shipped_x4_s6.safetensors" --loss mse --degradation realistic \
-    --degradation-option noise_max=0.01 --degradation-option jpeg_prob=0.3 --degradation-option jpeg_min=75 \
-    --degradation-option bicubic_fraction=0.5 --pool "$WORK/est_x4.h5" --scale 4 --patch 192 \
-    --data "$SHARED/sr/T91" --data "$SHARED/sr/BSD200" --val "$SHARED/sr/Kodak24" --batch 16 --epochs 3 \
-    --iters-per-epoch 150 --lr 1e-4 --lr-halve-every 2 --amp --seed 1 --device cpu --time-budget 60 \
+  OMP_NUM_THREADS=1 kmsr train --backbone carn_m --init "$WORK/shipped_x4_s6.safetensors" --loss mse "${REAL[@]}" \
+    --degradation-option bicubic_fraction=0.5 --pool "$WORK/est_x4.h5" --scale 4 --patch 192 "${DATA[@]}" \
+    --epochs 3 --iters-per-epoch 150 --lr 1e-4 --lr-halve-every 2 --seed 1 --time-budget 60 \
     -o "$WORK/runs7/carn_mse_x4" > "$WORK/train7_mse_x4.log" 2>&1 &
   wait
 fi
@@ -185,7 +171,6 @@ fi
 #   time, so the margin is kept) and its g1.6 column is at least 1.0 dB above the twin's.
 # - x4: `mse` replaces the shipped x4 if its mean Kodak24 Y-PSNR over the five columns is higher
 #   (the rule of session 4).
-K5="bicubic,g1.25,g1.6,g1.7,div2krk=$SHARED/kernels/div2krk/div2krk_gt_k_x{s}.npy"
 if has s7-bench; then
   R="$WORK/runs"
   S7X2=(--models "shipped=$WORK/shipped_x2_s6.safetensors,b80=$WORK/runs7/carn_b80_x2/best.safetensors,twin=$R/carn_bic_x2/best.safetensors")

@@ -21,15 +21,7 @@ kmsr estimate "$WORK/photos" -o "$WORK/est_x2.h5" --scale 2 --patch 256 --per-im
 kmsr estimate "$WORK/photos" -o "$WORK/est_x4.h5" --scale 4 --patch 256 --per-image 3 --workers 1
 
 # Stage 2: a kernel GAN per scale, and the pool K+ = K' and as many GAN samples as estimated kernels.
-for S in 2 4; do
-  OMP_NUM_THREADS=1 kmsr gan train "$WORK/est_x$S.h5" -o "$WORK/gan_x$S.safetensors" --width-mult 0.0625 --lr 1e-3 \
-    --iters 1500 --device cpu --seed 0 --sample-every 500 --samples-png "$WORK/gan_x${S}_grid.png" &
-done
-wait
-for S in 2 4; do
-  N=$(kmsr pool show "$WORK/est_x$S.h5" --json | python -c 'import json, sys; print(json.load(sys.stdin)["count"])')
-  kmsr pool build --estimated "$WORK/est_x$S.h5" --generator "$WORK/gan_x$S.safetensors" -n "$N" --seed 0 -o "$WORK/pool_x$S.h5"
-done
+bash benchmarks/gan_pool.sh "$WORK" 1500
 
 # Stage 3: the same budget for every model. "mix" adds 25 % MATLAB-bicubic pairs to the pool's;
 # "decmix" also decimates the pool-blurred patch and rounds it to 8 bits before upscaling it back

@@ -19,6 +19,10 @@ SeedOpt = Annotated[
     int,
     typer.Option("--seed", help="Random seed; the same seed and inputs give the same outputs.", min=0),
 ]
+AmpOpt = Annotated[
+    bool,
+    typer.Option("--amp", help="Mixed precision in training: bfloat16 on the CPU, float16 on CUDA."),
+]
 JsonOpt = Annotated[
     bool,
     typer.Option("--json", help="Print one JSON document on stdout (and no progress bars)."),

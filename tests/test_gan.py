@@ -60,6 +60,17 @@ def tiny_settings(**kw):
     return {"width_mult": TINY, "seed": 0, **kw}
 
 
+def train_killed_at(host, data, out, settings, *, iters, killed):
+    """A run of ``iters`` iterations interrupted (KeyboardInterrupt) after iteration ``killed``."""
+
+    def kill(event):
+        if event.stage == "gan.iteration" and event.done == killed:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_gan(host, [data], out, iters=iters, settings=settings, device="cpu", progress=kill)
+
+
 def folder_names(folder):
     return sorted(p.name for p in folder.iterdir())
 
@@ -475,12 +486,7 @@ def test_linear_lr_decay_follows_its_schedule_and_resumes_exactly(host, tmp_path
 
     split = tmp_path / "split.safetensors"
 
-    def kill_at_3(event):
-        if event.stage == "gan.iteration" and event.done == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_gan(host, [data], split, iters=6, settings=settings, device="cpu", progress=kill_at_3)
+    train_killed_at(host, data, split, settings, iters=6, killed=3)
     resumed = train_gan(host, [data], split, iters=6, settings={}, device="cpu", resume=True)
     assert resumed["start_iteration"] == 3 and resumed["settings"]["lr_decay"] == "linear"
     a, b = load_file(str(straight)), load_file(str(split))
@@ -564,12 +570,7 @@ def test_ema_resumes_exactly(host, tmp_path, write_set):
     train_gan(host, [data], straight, iters=6, settings=settings, device="cpu")
     split = tmp_path / "split.safetensors"
 
-    def kill_at_3(event):
-        if event.stage == "gan.iteration" and event.done == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_gan(host, [data], split, iters=6, settings=settings, device="cpu", progress=kill_at_3)
+    train_killed_at(host, data, split, settings, iters=6, killed=3)
     halfway = load_file(str(split))
     resumed = train_gan(host, [data], split, iters=6, settings={}, device="cpu", resume=True)
     assert resumed["start_iteration"] == 3 and resumed["settings"]["ema"] == 0.9

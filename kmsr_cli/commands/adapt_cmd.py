@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from ..console import emit_json, err
-from ..options import DeviceOpt, JsonOpt, SeedOpt
+from ..options import AmpOpt, DeviceOpt, JsonOpt, SeedOpt
 from .render import print_log_event
 
 
@@ -26,7 +26,7 @@ def adapt(
     train_patch: Annotated[int | None, typer.Option("--train-patch", help="HR training patch side (default 48 x scale).")] = None,
     batch: Annotated[int, typer.Option("--batch", help="Training batch size.", min=1)] = 16,
     steps: Annotated[int | None, typer.Option("--steps", help="Stop training after this many steps in all (default: the budget decides).", min=1)] = None,
-    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (bfloat16 on CPU, float16 on CUDA).")] = False,
+    amp: AmpOpt = False,
     noise_model: Annotated[bool, typer.Option("--noise-model/--no-noise-model", help="Train with the camera's measured noise and JPEG (default), or with its blur only (the ablation; the noise is still measured and reported).")] = True,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import TextColumn
 
 from ..console import emit_json, err, make_progress
-from ..options import DeviceOpt, JsonOpt, SeedOpt, parse_key_values
+from ..options import AmpOpt, DeviceOpt, JsonOpt, SeedOpt, parse_key_values
 
 
 def train(
@@ -37,7 +37,7 @@ def train(
     time_budget: Annotated[float | None, typer.Option("--time-budget", help="Stop after this many minutes of training (a checkpoint is written); the schedule still follows --epochs.", min=0)] = None,
     init: Annotated[str | None, typer.Option("--init", help="Start from these weights: a kmsr checkpoint (.safetensors) or NAME:WEIGHTS published weights, e.g. carn_m:carn_m_state_dict.npz (fine-tuning). Recorded in the model's metadata.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the folder from its last checkpoint.")] = False,
-    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (float16 on CUDA, bfloat16 on CPU).")] = False,
+    amp: AmpOpt = False,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     json: JsonOpt = False,
