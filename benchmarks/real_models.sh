@@ -22,6 +22,8 @@ SHARED=${SHARED:-../shared/data}
 W=$SHARED/weights
 mkdir -p "$WORK/photos" "$WORK/runs"
 has() { [[ " $STAGES " == *" $1 "* ]]; }
+# One training run in the background on one core: train_bg RUN_DIR LOG [kmsr train options...]
+train_bg() { local dir=$1 log=$2; shift 2; OMP_NUM_THREADS=1 kmsr train "$@" -o "$dir" > "$log" 2>&1 & }
 
 if has pool; then
 python benchmarks/pool_photos.py "$WORK/photos" --shared "$SHARED" --bsd-every 10
@@ -41,10 +43,8 @@ RECIPE=("${DATA[@]}" --iters-per-epoch 200 --lr 2e-4 --lr-halve-every 2 --seed 0
 CARN=(--backbone carn_m --init "carn_m:$W/carn/carn_m_state_dict.npz")
 if has train; then
   T=("${CARN[@]}" "${REAL[@]}" --degradation-option bicubic_fraction=0.25 "${RECIPE[@]}" --epochs 4 --time-budget 95)
-  OMP_NUM_THREADS=1 kmsr train "${T[@]}" --pool "$WORK/pool_x2.h5" --scale 2 --patch 128 \
-    -o "$WORK/runs/carn_real_x2" > "$WORK/train_x2.log" 2>&1 &
-  OMP_NUM_THREADS=1 kmsr train "${T[@]}" --pool "$WORK/pool_x4.h5" --scale 4 --patch 192 \
-    -o "$WORK/runs/carn_real_x4" > "$WORK/train_x4.log" 2>&1 &
+  train_bg "$WORK/runs/carn_real_x2" "$WORK/train_x2.log" "${T[@]}" --pool "$WORK/pool_x2.h5" --scale 2 --patch 128
+  train_bg "$WORK/runs/carn_real_x4" "$WORK/train_x4.log" "${T[@]}" --pool "$WORK/pool_x4.h5" --scale 4 --patch 192
   wait
 fi
 
@@ -54,9 +54,9 @@ fi
 #   was trained on: median width 2.92 against 2.02), half of the samples from bicubic LR.
 V=("${CARN[@]}" "${RECIPE[@]}" --epochs 3 --time-budget 62 --scale 4 --patch 192)
 if has x4-variants; then
-  OMP_NUM_THREADS=1 kmsr train "${V[@]}" "${REAL[@]}" --degradation-option bicubic_fraction=0.5 \
-    --pool "$WORK/est_x4.h5" -o "$WORK/runs/carn_est_x4" > "$WORK/train_est_x4.log" 2>&1 &
-  OMP_NUM_THREADS=1 kmsr train "${V[@]}" --degradation bicubic -o "$WORK/runs/carn_bic_x4" > "$WORK/train_bic_x4.log" 2>&1 &
+  train_bg "$WORK/runs/carn_est_x4" "$WORK/train_est_x4.log" "${V[@]}" "${REAL[@]}" --degradation-option bicubic_fraction=0.5 \
+    --pool "$WORK/est_x4.h5"
+  train_bg "$WORK/runs/carn_bic_x4" "$WORK/train_bic_x4.log" "${V[@]}" --degradation bicubic
   wait
 fi
 
@@ -67,9 +67,9 @@ fi
 # - the bicubic-trained twin: the same init, recipe and budget on MATLAB-bicubic pairs.
 V2=("${CARN[@]}" "${RECIPE[@]}" --epochs 5 --time-budget 95 --scale 2 --patch 128)
 if has x2-variants; then
-  OMP_NUM_THREADS=1 kmsr train "${V2[@]}" "${REAL[@]}" --degradation-option bicubic_fraction=0.5 \
-    --pool "$WORK/pool_x2.h5" -o "$WORK/runs/carn_mix_x2" > "$WORK/train_mix_x2.log" 2>&1 &
-  OMP_NUM_THREADS=1 kmsr train "${V2[@]}" --degradation bicubic -o "$WORK/runs/carn_bic_x2" > "$WORK/train_bic_x2.log" 2>&1 &
+  train_bg "$WORK/runs/carn_mix_x2" "$WORK/train_mix_x2.log" "${V2[@]}" "${REAL[@]}" --degradation-option bicubic_fraction=0.5 \
+    --pool "$WORK/pool_x2.h5"
+  train_bg "$WORK/runs/carn_bic_x2" "$WORK/train_bic_x2.log" "${V2[@]}" --degradation bicubic
   wait
 fi
 
@@ -156,13 +156,11 @@ fi
 if has s7-train; then
   cp kmsr_cli/models/kmsr_x2.safetensors "$WORK/shipped_x2_s6.safetensors"
   cp kmsr_cli/models/kmsr_x4.safetensors "$WORK/shipped_x4_s6.safetensors"
-  OMP_NUM_THREADS=1 kmsr train "${CARN[@]}" "${REAL[@]}" --degradation-option bicubic_fraction=0.8 \
-    --pool "$WORK/pool_x2.h5" --scale 2 --patch 128 "${RECIPE[@]}" --epochs 4 --time-budget 85 \
-    -o "$WORK/runs7/carn_b80_x2" > "$WORK/train7_b80_x2.log" 2>&1 &
-  OMP_NUM_THREADS=1 kmsr train --backbone carn_m --init "$WORK/shipped_x4_s6.safetensors" --loss mse "${REAL[@]}" \
+  train_bg "$WORK/runs7/carn_b80_x2" "$WORK/train7_b80_x2.log" "${CARN[@]}" "${REAL[@]}" --degradation-option bicubic_fraction=0.8 \
+    --pool "$WORK/pool_x2.h5" --scale 2 --patch 128 "${RECIPE[@]}" --epochs 4 --time-budget 85
+  train_bg "$WORK/runs7/carn_mse_x4" "$WORK/train7_mse_x4.log" --backbone carn_m --init "$WORK/shipped_x4_s6.safetensors" --loss mse "${REAL[@]}" \
     --degradation-option bicubic_fraction=0.5 --pool "$WORK/est_x4.h5" --scale 4 --patch 192 "${DATA[@]}" \
-    --epochs 3 --iters-per-epoch 150 --lr 1e-4 --lr-halve-every 2 --seed 1 --time-budget 60 \
-    -o "$WORK/runs7/carn_mse_x4" > "$WORK/train7_mse_x4.log" 2>&1 &
+    --epochs 3 --iters-per-epoch 150 --lr 1e-4 --lr-halve-every 2 --seed 1 --time-budget 60
   wait
 fi
 # Stage s7-bench: selection on Kodak24, then Set5 and RealSR. The rules, written before the runs finished:
