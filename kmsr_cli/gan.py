@@ -347,6 +347,16 @@ class GanTrainer:
             G.load_state_dict(self._live)
             self._live = None
 
+    def adopt_averaged(self) -> None:
+        """Inside averaged_generator(): make the weights now in the generator (the average, or the
+        collapse watch's restored best) the live weights and the average both, so a later --resume
+        continues from them, as it does without --ema."""
+        if self.ema is None or self._live is None:
+            return
+        G = self.gan.generator
+        self._live = {k: v.detach().clone() for k, v in G.state_dict().items()}
+        self.ema = {n: p.detach().clone() for n, p in G.named_parameters()}
+
     def step(self) -> IterationStats:
         lr = self.learning_rate()
         for opt in (self.opt_g, self.opt_d):
@@ -688,6 +698,7 @@ def _finish_watch(watch, trainer: GanTrainer, kmsr_meta: dict, log: Callable[[st
         return None
     watched = watch.finish(trainer.iteration, trainer.gan)
     if watched["restored"]:
+        trainer.adopt_averaged()  # with --ema, a resumed run continues from the restored weights too
         kmsr_meta["weights_from_iteration"] = str(watched["best_iteration"])
         log(f"warning: the generator collapsed: its kernels' MMD to the training kernels rose from "
             f"{watched['best_mmd']:.4f} at iteration {watched['best_iteration']} to {watched['last_mmd']:.4f} at "

@@ -60,7 +60,7 @@ def tiny_settings(**kw):
     return {"width_mult": TINY, "seed": 0, **kw}
 
 
-def train_killed_at(host, data, out, settings, *, iters, killed):
+def train_killed_at(host, data, out, settings, *, iters, killed, **kw):
     """A run of ``iters`` iterations interrupted (KeyboardInterrupt) after iteration ``killed``."""
 
     def kill(event):
@@ -68,7 +68,7 @@ def train_killed_at(host, data, out, settings, *, iters, killed):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_gan(host, [data], out, iters=iters, settings=settings, device="cpu", progress=kill)
+        train_gan(host, [data], out, iters=iters, settings=settings, device="cpu", progress=kill, **kw)
 
 
 def folder_names(folder):
@@ -564,19 +564,27 @@ def test_ema_batch_norm_statistics_are_those_of_the_averaged_weights(host, tmp_p
 
 
 def test_ema_resumes_exactly(host, tmp_path, write_set):
+    """Killed and resumed, an --ema run ends bit for bit like an uninterrupted one, with the averaged
+    weights scored (watch), previewed and saved after every iteration in between."""
     data, _ = gaussian_set(tmp_path / "g.h5", write_set, n=64)
     settings = tiny_settings(ema=0.9, lr=1e-3)
+    every = {"checkpoint_every": 1, "watch_every": 1, "sample_every": 1}
     straight = tmp_path / "straight.safetensors"
-    train_gan(host, [data], straight, iters=6, settings=settings, device="cpu")
+    train_gan(host, [data], straight, iters=6, settings=settings, device="cpu", samples_png=tmp_path / "a.png", **every)
     split = tmp_path / "split.safetensors"
-
-    train_killed_at(host, data, split, settings, iters=6, killed=3)
+    train_killed_at(host, data, split, settings, iters=6, killed=3, samples_png=tmp_path / "b.png", **every)
     halfway = load_file(str(split))
-    resumed = train_gan(host, [data], split, iters=6, settings={}, device="cpu", resume=True)
+    resumed = train_gan(host, [data], split, iters=6, settings={}, device="cpu", resume=True,
+                        samples_png=tmp_path / "b.png", **every)
     assert resumed["start_iteration"] == 3 and resumed["settings"]["ema"] == 0.9
     a, b = load_file(str(straight)), load_file(str(split))
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    sa, sb = torch.load(state_path_for(straight), weights_only=True), torch.load(state_path_for(split), weights_only=True)
+    for part in ("generator_live", "generator_average"):
+        for key in sa[part]:
+            torch.testing.assert_close(sa[part][key], sb[part][key], rtol=0, atol=0, msg=f"{part}.{key}")
+    assert torch.equal(sa["rng_state"], sb["rng_state"])
     assert max(float((a[k].double() - halfway[k].double()).abs().max()) for k in a if a[k].is_floating_point()) > 1e-5
 
 
@@ -586,3 +594,25 @@ def test_ema_rejects_decays_outside_0_1(host, tmp_path, write_set, bad):
     with pytest.raises(KmsrInputError, match=r"ema: expected a decay in \[0, 1\) \(0: off\)"):
         train_gan(host, [data], tmp_path / "x.safetensors", iters=2, settings=tiny_settings(ema=bad), device="cpu")
     assert folder_names(tmp_path) == ["g.h5"]
+
+
+def test_ema_run_restored_by_the_watch_resumes_from_the_restored_weights(host, tmp_path, write_set, monkeypatch):
+    """When the collapse watch puts back earlier (averaged) weights, the state's live weights and
+    average become those weights, so --resume continues from them, as a run without --ema does."""
+    import kmsr_cli.gan_watch as watch_mod
+
+    data, _ = gaussian_set(tmp_path / "g.h5", write_set, n=64)
+    real = watch_mod.CollapseWatch
+    # ratio 0: any final score counts as a collapse, so the best checkpoint is always put back
+    monkeypatch.setattr(watch_mod, "CollapseWatch", lambda *a, **kw: real(*a, **{**kw, "ratio": 0.0}))
+    out = tmp_path / "ema.safetensors"
+    run = train_gan(host, [data], out, iters=6, settings=tiny_settings(ema=0.5, lr=3e-3), device="cpu", watch_every=2)
+    assert run["collapse_watch"]["restored"]
+    saved = load_file(str(out))
+    state = torch.load(state_path_for(out), weights_only=True)
+    for key, value in state["generator_live"].items():
+        torch.testing.assert_close(value, saved[f"generator.{key}"], rtol=0, atol=0, msg=key)
+    for key, value in state["generator_average"].items():
+        torch.testing.assert_close(value, saved[f"generator.{key}"], rtol=0, atol=0, msg=key)
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["weights_from_iteration"] == str(run["collapse_watch"]["best_iteration"])

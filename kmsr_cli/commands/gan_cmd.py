@@ -67,7 +67,7 @@ _Ema = Annotated[
     float | None,
     typer.Option("--ema", help="Save an exponential moving average of the generator's weights with this decay "
                  "(e.g. 0.999; batch-norm statistics recomputed for it) instead of its last weights; 0: off "
-                 "[default: 0]. A resumed run keeps its own.", min=0.0, max=0.999999),
+                 "[default: 0]. A resumed run keeps its own."),
 ]
 _CheckpointEvery = Annotated[int, typer.Option("--checkpoint-every", help="Save every N iterations (0: only at the end).", min=0)]
 _WatchEvery = Annotated[
