@@ -20,7 +20,9 @@ generator update. The Wasserstein estimate reported is ``mean D(real) - mean D(f
 Files: ``OUT.safetensors`` (both networks, metadata: architecture, kernel size, loss, iteration,
 training-set fingerprint, kmsr version) and ``OUT.state.pt`` beside it (optimisers, RNG state,
 iteration; plain tensors and numbers, read with ``torch.load(weights_only=True)``). Both are
-replaced atomically; ``--resume`` checks that they belong together.
+replaced atomically; ``--resume`` checks that they belong together. With ``--ema`` the generator
+in ``OUT.safetensors`` is the moving average of its weights (what sampling and the collapse watch
+use) and ``OUT.state.pt`` also holds the live generator and the average, from which a run resumes.
 """
 
 from __future__ import annotations
