@@ -616,3 +616,28 @@ def test_ema_run_restored_by_the_watch_resumes_from_the_restored_weights(host, t
         torch.testing.assert_close(value, saved[f"generator.{key}"], rtol=0, atol=0, msg=key)
     with safe_open(str(out), "pt") as f:
         assert f.metadata()["weights_from_iteration"] == str(run["collapse_watch"]["best_iteration"])
+
+
+def test_a_run_saved_before_ema_existed_resumes_without_an_average(host, tmp_path, write_set):
+    """A state whose settings have no "ema" key (written before the option, when every run saved
+    its last weights) resumes as such, although the default is now an average."""
+    data, _ = gaussian_set(tmp_path / "g.h5", write_set, n=64)
+    out = tmp_path / "old.safetensors"
+    train_gan(host, [data], out, iters=2, settings=tiny_settings(ema=0.0), device="cpu")
+    state_file = state_path_for(out)
+    state = torch.load(state_file, weights_only=True)
+    settings = json.loads(state["settings"])
+    del settings["ema"]
+    state["settings"] = json.dumps(settings, sort_keys=True)
+    torch.save(state, state_file)
+    resumed = train_gan(host, [data], out, iters=4, settings={}, device="cpu", resume=True)
+    assert resumed["start_iteration"] == 2 and resumed["settings"]["ema"] == 0.0
+    assert "generator_live" not in torch.load(state_file, weights_only=True)
+
+
+def test_new_runs_average_by_default(host, tmp_path, write_set):
+    data, _ = gaussian_set(tmp_path / "g.h5", write_set, n=40)
+    run = train_gan(host, [data], tmp_path / "x.safetensors", iters=2, settings=tiny_settings(), device="cpu")
+    assert run["settings"]["ema"] == 0.999
+    with safe_open(str(tmp_path / "x.safetensors"), "pt") as f:
+        assert f.metadata()["averaged_weights"] == "ema"

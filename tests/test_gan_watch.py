@@ -101,7 +101,7 @@ def test_train_gan_saves_the_kept_weights(host, tmp_path, write_set, monkeypatch
 
     monkeypatch.setattr(CollapseWatch, "observe", observe)
     # iteration 4's weights are captured from the trainer's own generator, reached through the first check (2)
-    summary = train_gan(host, [path], tmp_path / "g.safetensors", iters=8, settings={"width_mult": 1 / 32, "seed": 0},
+    summary = train_gan(host, [path], tmp_path / "g.safetensors", iters=8, settings={"width_mult": 1 / 32, "seed": 0, "ema": 0.0},
                         device="cpu", watch_every=2, on_iteration=on_iteration)
     w = summary["collapse_watch"]
     assert w["restored"] and w["best_iteration"] == 4 and [h["iteration"] for h in w["history"]] == [2, 4, 6, 8]
@@ -114,6 +114,6 @@ def test_train_gan_saves_the_kept_weights(host, tmp_path, write_set, monkeypatch
 
 def test_short_runs_are_not_watched_by_default(host, tmp_path, write_set):
     path = write_set(tmp_path / "k.h5", gaussians(np.random.default_rng(1).uniform(1.0, 2.0, 40)).astype(np.float32))
-    summary = train_gan(host, [path], tmp_path / "g.safetensors", iters=3, settings={"width_mult": 1 / 32, "seed": 0},
+    summary = train_gan(host, [path], tmp_path / "g.safetensors", iters=3, settings={"width_mult": 1 / 32, "seed": 0, "ema": 0.0},
                         device="cpu")
     assert summary["collapse_watch"] is None
