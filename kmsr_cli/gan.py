@@ -199,6 +199,11 @@ def save_weights(gan, path: Path, metadata: dict[str, str]) -> None:
     replace_atomically(path, lambda tmp: save_file(gan.state_tensors(), tmp, metadata=meta))
 
 
+def _cloned_state(module) -> dict:
+    """A copy of a module's state dict (weights and buffers), detached from the graph."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
 def _rng_state_tensor(gen):
     return gen.get_state().clone()
 
@@ -341,7 +346,7 @@ class GanTrainer:
             yield
             return
         G = self.gan.generator
-        self._live = {k: v.detach().clone() for k, v in G.state_dict().items()}
+        self._live = _cloned_state(G)
         try:
             with self.torch.no_grad():
                 for n, p in G.named_parameters():
@@ -359,7 +364,7 @@ class GanTrainer:
         if self.ema is None or self._live is None:
             return
         G = self.gan.generator
-        self._live = {k: v.detach().clone() for k, v in G.state_dict().items()}
+        self._live = _cloned_state(G)
         self.ema = {n: p.detach().clone() for n, p in G.named_parameters()}
 
     def step(self) -> IterationStats:
@@ -386,7 +391,7 @@ class GanTrainer:
             "training_set_sha256": data.sha256,
             # with --ema the weights file holds the averaged generator; the live one is kept here
             **({"generator_live": self._live if self._live is not None else
-                {k: v.detach().clone() for k, v in self.gan.generator.state_dict().items()},
+                _cloned_state(self.gan.generator),
                 "generator_average": {k: v.detach().clone() for k, v in self.ema.items()}}
                if self.ema is not None else {}),
         }
